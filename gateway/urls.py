@@ -1,0 +1,16 @@
+from django.urls import path, re_path
+
+from gateway import views
+
+urlpatterns = [
+    path("v1/chat/completions", views.chat_completions),
+    path("chat/completions", views.chat_completions),
+    path("v1/models", views.list_models),
+    path("models", views.list_models),
+    # Public names contain slashes (google/gemini-2.5-flash).
+    path("v1/models/<path:model>", views.retrieve_model),
+    re_path(r"^v1(?:/(?P<rest>.*))?$", views.v1_not_found),
+    path("health/liveliness", views.liveliness),
+    path("health/liveness", views.liveliness),
+    path("health/readiness", views.readiness),
+]

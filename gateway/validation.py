@@ -1,0 +1,130 @@
+"""Parse and check /v1 request bodies, naming the offending field in a 400."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest
+from django.http.request import RawPostDataException
+
+from gateway.errors import GatewayError, bad_request
+
+
+def json_body(request: HttpRequest) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400/413 envelope."""
+    length = request.headers.get("Content-Length")
+    if length and length.isdigit() and int(length) > settings.MAX_REQUEST_BODY_BYTES:
+        raise too_large()
+    try:
+        raw = request.body
+    except (RequestDataTooBig, RawPostDataException):
+        raise too_large() from None
+    if len(raw) > settings.MAX_REQUEST_BODY_BYTES:
+        raise too_large()
+    if not raw.strip():
+        raise bad_request("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise bad_request(f"The request body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    return data
+
+
+def too_large() -> GatewayError:
+    limit = settings.MAX_REQUEST_BODY_BYTES
+    return GatewayError(413, f"The request body is larger than the limit of {limit} bytes.", code="request_too_large")
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+def expect(body: dict[str, Any], name: str, kinds: tuple[type, ...], label: str, required: bool = False) -> Any:
+    """Return body[name] if it has one of `kinds` (bool is never a number), else a 400 naming it."""
+    if name not in body or body[name] is None:
+        if required:
+            raise bad_request(f"Missing required parameter: '{name}'.", param=name, code="missing_required_parameter")
+        return None
+    value = body[name]
+    is_bool = isinstance(value, bool)
+    if not isinstance(value, kinds) or (is_bool and bool not in kinds):
+        raise bad_request(
+            f"Invalid type for '{name}': expected {label}, but got {_type_name(value)}.",
+            param=name,
+            code="invalid_type",
+        )
+    return value
+
+
+def _check_range(body: dict[str, Any], name: str, low: float | None, high: float | None) -> None:
+    value = body.get(name)
+    if value is None:
+        return
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise bad_request(f"Invalid value for '{name}': must be {bounds}, got {value}.", param=name,
+                          code="invalid_value")
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    stream: bool
+    include_usage: bool
+
+
+def _check_messages(messages: list[Any]) -> None:
+    if not messages:
+        raise bad_request("'messages' must contain at least one message.", param="messages", code="invalid_value")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise bad_request(f"Invalid type for '{where}': expected an object, but got {_type_name(message)}.",
+                              param=where, code="invalid_type")
+        role = message.get("role")
+        if not isinstance(role, str) or not role:
+            raise bad_request(f"Missing required parameter: '{where}.role'.", param=f"{where}.role",
+                              code="missing_required_parameter")
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise bad_request(
+                f"Invalid type for '{where}.content': expected a string or an array of parts, "
+                f"but got {_type_name(content)}.",
+                param=f"{where}.content",
+                code="invalid_type",
+            )
+
+
+def parse_chat(body: dict[str, Any]) -> ChatRequest:
+    model = expect(body, "model", (str,), "a string", required=True)
+    if not model.strip():
+        raise bad_request("'model' must not be empty.", param="model", code="invalid_value")
+    _check_messages(expect(body, "messages", (list,), "an array", required=True))
+    stream = bool(expect(body, "stream", (bool,), "a boolean"))
+    options = expect(body, "stream_options", (dict,), "an object") or {}
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise bad_request("Invalid type for 'stream_options.include_usage': expected a boolean.",
+                          param="stream_options.include_usage", code="invalid_type")
+    for name in ("max_tokens", "max_completion_tokens", "n", "seed"):
+        expect(body, name, (int,), "an integer")
+    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        expect(body, name, (int, float), "a number")
+    _check_range(body, "max_tokens", 1, None)
+    _check_range(body, "max_completion_tokens", 1, None)
+    _check_range(body, "n", 1, 128)
+    _check_range(body, "temperature", 0, 2)
+    _check_range(body, "top_p", 0, 1)
+    expect(body, "stop", (str, list), "a string or an array")
+    expect(body, "tools", (list,), "an array")
+    expect(body, "user", (str,), "a string")
+    expect(body, "metadata", (dict,), "an object")
+    return ChatRequest(model=model, stream=stream, include_usage=include_usage)

@@ -1,0 +1,248 @@
+"""The OpenAI-compatible /v1 endpoints and health checks: thin async views."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.cache import cache
+from django.db import connection
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+
+from gateway import catalog, redact, router
+from gateway.auth import Principal, authenticate
+from gateway.calls import Call, finish
+from gateway.catalog import Route
+from gateway.errors import GatewayError, not_found
+from gateway.upstream import UpstreamError, default_upstream
+from gateway.validation import json_body, parse_chat
+
+log = logging.getLogger(__name__)
+
+View = Callable[..., Awaitable[HttpResponse]]
+KEEPALIVE_SECONDS = 15.0
+
+
+def json_response(data: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
+
+
+def gateway_view(*methods: str) -> Callable[[View], View]:
+    """Method check, request id, and the guarantee that every failure is a JSON envelope."""
+
+    def decorator(view: View) -> View:
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            request_id = uuid.uuid4().hex
+            request.request_id = request_id  # type: ignore[attr-defined]
+            try:
+                if request.method not in methods:
+                    raise GatewayError(
+                        405, f"Method {request.method} is not allowed here; use {', '.join(methods)}.",
+                        code="method_not_allowed", headers={"Allow": ", ".join(methods)},
+                    )
+                response = await view(request, *args, **kwargs)
+            except GatewayError as e:
+                response = e.response()
+            except Exception:
+                log.error("unhandled error on %s", request.path, exc_info=True)
+                response = GatewayError(500, "Internal error in the portal.", code="internal_error").response()
+            response["x-request-id"] = request_id
+            return response
+
+        return wrapper
+
+    return decorator
+
+
+async def routes_for(principal: Principal, model: str) -> tuple[Route, ...]:
+    snapshot = await catalog.get()
+    routes = snapshot.routes(model)
+    if not routes:
+        raise not_found(f"The model '{model}' does not exist or is not enabled.", code="model_not_found",
+                        param="model")
+    if not principal.may_use(model):
+        raise GatewayError(403, f"This API key may not use the model '{model}'.", code="model_not_allowed",
+                           param="model")
+    return routes
+
+
+@gateway_view("POST")
+async def chat_completions(request: HttpRequest) -> HttpResponse:
+    call = Call.begin(request, "chat.completions")
+    try:
+        call.principal = await authenticate(request)
+        body = json_body(request)
+        call.request_body = body
+        chat = parse_chat(body)
+        call.model, call.streamed = chat.model, chat.stream
+        routes = await routes_for(call.principal, chat.model)
+        upstream = default_upstream()
+        if chat.stream:
+            first, chunks = await router.open_stream(upstream, routes, body, call)
+            # From here the stream's generator owns the call and finishes it.
+            return sse_response(sse_events(call, first, chunks, include_usage=chat.include_usage))
+        result = await router.complete(upstream, routes, body, call)
+    except GatewayError as e:
+        call.status, call.error_code, call.error_message = e.status, e.code, e.message
+        finish(call)
+        raise
+    call.status = 200
+    call.take_usage(result.get("usage"))
+    call.response_body = result
+    finish(call)
+    return json_response(result)
+
+
+def sse_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(events, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    # Nginx would otherwise buffer the stream and defeat token-by-token delivery.
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def _for_client(chunk: dict[str, Any], include_usage: bool) -> dict[str, Any] | None:
+    """Drop the usage we asked for on the client's behalf when it did not ask itself."""
+    if include_usage or "usage" not in chunk:
+        return chunk
+    if not chunk.get("choices"):
+        return None
+    return {k: v for k, v in chunk.items() if k != "usage"}
+
+
+async def _with_keepalive(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any] | None]:
+    """Yield chunks, and None whenever the upstream has been silent for KEEPALIVE_SECONDS."""
+    pending: asyncio.Future[dict[str, Any]] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(chunks))
+            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS)
+            if not done:
+                yield None
+                continue
+            ready, pending = pending, None
+            try:
+                chunk = ready.result()
+            except StopAsyncIteration:
+                return
+            yield chunk
+    finally:
+        if pending is not None and not pending.done():
+            # The client went away mid-wait: stop the read so the upstream can be closed.
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+
+
+async def sse_events(
+    call: Call, first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]], *, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """Forward each upstream chunk as it arrives; a failure mid-stream ends with an error event."""
+    call.status = 200
+    try:
+        if first is not None:
+            call.mark_first_token()
+            call.take_usage(first.get("usage"))
+            if (out := _for_client(first, include_usage)) is not None:
+                yield b"data: " + orjson.dumps(out) + b"\n\n"
+        async for chunk in _with_keepalive(chunks):
+            if chunk is None:
+                yield b": keepalive\n\n"
+                continue
+            call.take_usage(chunk.get("usage"))
+            if (out := _for_client(chunk, include_usage)) is not None:
+                yield b"data: " + orjson.dumps(out) + b"\n\n"
+        yield b"data: [DONE]\n\n"
+    except UpstreamError as e:
+        # Headers (200) are already sent: the error travels in-band, never as a silent success.
+        call.error_code, call.error_message = e.code, e.message
+        yield b"data: " + orjson.dumps(e.body()) + b"\n\n"
+    except (asyncio.CancelledError, GeneratorExit):
+        call.client_disconnected = True
+        call.error_code = "client_disconnected"
+        raise
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+        finish(call)
+
+
+@gateway_view("GET")
+async def list_models(request: HttpRequest) -> HttpResponse:
+    principal = await authenticate(request)
+    snapshot = await catalog.get()
+    data = [
+        _model_object(name, snapshot.routes(name), snapshot.created)
+        for name in snapshot.names()
+        if principal.may_use(name)
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+@gateway_view("GET")
+async def retrieve_model(request: HttpRequest, model: str) -> HttpResponse:
+    principal = await authenticate(request)
+    snapshot = await catalog.get()
+    routes = snapshot.routes(model)
+    if not routes or not principal.may_use(model):
+        raise not_found(f"The model '{model}' does not exist or is not enabled.", code="model_not_found",
+                        param="model")
+    return json_response(_model_object(model, routes, snapshot.created))
+
+
+def _model_object(name: str, routes: tuple[Route, ...], created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": routes[0].provider_name}
+
+
+@gateway_view("GET", "POST", "PUT", "PATCH", "DELETE")
+async def v1_not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
+    raise not_found(f"Unknown endpoint: {request.method} {request.path}.", code="unknown_url")
+
+
+# --- health ---
+
+
+@gateway_view("GET", "HEAD")
+async def liveliness(request: HttpRequest) -> HttpResponse:
+    return json_response({"status": "alive"})
+
+
+def _check_db() -> str:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return "ok"
+    except Exception as e:
+        connection.close()
+        return f"error: {redact.redact(type(e).__name__)}"
+
+
+async def _check_cache() -> str:
+    try:
+        await cache.aset("health:probe", 1, timeout=10)
+        return "ok" if await cache.aget("health:probe") == 1 else "error: read back failed"
+    except Exception as e:
+        return f"error: {type(e).__name__}"
+
+
+@gateway_view("GET", "HEAD")
+async def readiness(request: HttpRequest) -> HttpResponse:
+    db = await sync_to_async(_check_db)()
+    cache_state = await _check_cache()
+    ready = db == "ok" and cache_state == "ok"
+    return json_response(
+        {
+            "status": "ready" if ready else "unavailable",
+            "db": db,
+            "cache": cache_state,
+            "cache_backend": "redis" if settings.REDIS_URL else "in-process",
+        },
+        status=200 if ready else 503,
+    )

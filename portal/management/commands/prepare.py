@@ -1,0 +1,36 @@
+"""Everything a fresh or upgraded installation needs before serving, safe to run on every start."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Migrate, collect static files, import PORTAL_CONFIG and create the UI_USERNAME admin."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
+        config = Path(settings.PORTAL_CONFIG)
+        if config.is_file():
+            call_command("import_litellm_config", str(config))
+        self.bootstrap_admin()
+
+    def bootstrap_admin(self) -> None:
+        """Create or update the superuser named by UI_USERNAME (the LiteLLM UI login)."""
+        username, password = os.environ.get("UI_USERNAME", ""), os.environ.get("UI_PASSWORD", "")
+        if not (username and password):
+            return
+        user, created = get_user_model().objects.get_or_create(username=username)
+        user.is_staff = user.is_superuser = True
+        if created or not user.check_password(password):
+            user.set_password(password)
+        user.save()
+        self.stdout.write(f"admin user {username!r} {'created' if created else 'updated'}")

@@ -1,0 +1,270 @@
+"""LLM Portal settings: one file, driven by environment variables.
+
+Every variable has a default that works on a fresh development machine (SQLite
+under ./data/, in-process cache, DEBUG on). A value that cannot be parsed fails
+at start with ImproperlyConfigured naming the variable, instead of guessing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import django_stubs_ext
+from django.core.exceptions import ImproperlyConfigured
+
+# Lets admin classes be written ModelAdmin[Model] for mypy at run time too.
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# LiteLLM fetches its model cost map from the internet at import unless told not
+# to; we never want network at import (offline CI, slow first request).
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+def envstr(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def envbool(name: str, default: str) -> bool:
+    value = os.environ.get(name, default).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ImproperlyConfigured(f"{name} must be a boolean (true/false), got {value!r}")
+
+
+def envint(name: str, default: str) -> int:
+    value = os.environ.get(name, default)
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {value!r}") from None
+
+
+def envfloat(name: str, default: str) -> float:
+    value = os.environ.get(name, default)
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, got {value!r}") from None
+
+
+def envsecret(name: str) -> str:
+    """Read NAME, or the contents of the file named by NAME_FILE (Docker secrets)."""
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as e:
+            raise ImproperlyConfigured(f"{name}_FILE: cannot read {path}: {e.strerror}") from None
+    return os.environ.get(name, "")
+
+
+def envlist(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def generated_secret(data_dir: Path, filename: str, prefix: str = "") -> tuple[str, bool]:
+    """Return a secret persisted under data_dir, creating it on first use.
+
+    O_EXCL makes the first writer win when several workers start together, so
+    every process of one installation agrees on the same value.
+    """
+    path = data_dir / filename
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip(), False
+    value = prefix + secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return value, True
+
+
+def database_from_url(url: str) -> dict[str, object]:
+    """Translate DATABASE_URL (sqlite:///path or postgres://...) to Django's dict."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        # sqlite:////abs/path is absolute; sqlite:///rel/path is relative to the project.
+        name = unquote(parts.path[1:])
+        if not name:
+            raise ImproperlyConfigured("DATABASE_URL: sqlite:/// needs a file path")
+        if not Path(name).is_absolute():
+            name = str(BASE_DIR / name)
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": name,
+            # WAL lets the usage writer and readers work side by side.
+            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE"},
+        }
+    if parts.scheme in ("postgres", "postgresql", "pgsql"):
+        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": unquote(parts.path.lstrip("/")),
+            "USER": unquote(parts.username or ""),
+            "PASSWORD": unquote(parts.password or ""),
+            "HOST": parts.hostname or "",
+            "PORT": str(parts.port or ""),
+            "OPTIONS": options,
+            "CONN_MAX_AGE": envint("DB_CONN_MAX_AGE", "0"),
+            "CONN_HEALTH_CHECKS": True,
+        }
+    raise ImproperlyConfigured(
+        f"DATABASE_URL must start with sqlite:/// or postgres://, got scheme {parts.scheme!r}"
+    )
+
+
+DEBUG = envbool("DEBUG", "True")
+DATA_DIR = Path(envstr("PORTAL_DATA_DIR", str(BASE_DIR / "data")))
+
+SECRET_KEY = envsecret("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) is required when DEBUG is off")
+    SECRET_KEY, _ = generated_secret(DATA_DIR, "secret_key")
+
+# The master key keeps the LiteLLM name so an existing .env works unchanged.
+MASTER_KEY = envsecret("LITELLM_MASTER_KEY")
+if not MASTER_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("LITELLM_MASTER_KEY is required when DEBUG is off")
+    MASTER_KEY, created = generated_secret(DATA_DIR, "master_key", prefix="sk-master-")
+    if created:
+        print(
+            f"LITELLM_MASTER_KEY was not set; generated one and saved it in {DATA_DIR / 'master_key'}:\n"
+            f"    {MASTER_KEY}",
+            file=sys.stderr,
+        )
+
+ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "*")
+CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
+PORT = envint("PORT", "4000")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "gateway",
+    "accounts",
+    "tracking",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "portal.urls"
+ASGI_APPLICATION = "portal.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASE_URL = envstr("DATABASE_URL", f"sqlite:///{DATA_DIR / 'portal.sqlite3'}")
+DATABASES = {"default": database_from_url(DATABASE_URL)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    Path(str(DATABASES["default"]["NAME"])).parent.mkdir(parents=True, exist_ok=True)
+    # A file, not :memory:, so a live server thread in the tests sees the same test database;
+    # one per test process, so two test runs on one machine do not delete each other's.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / f"test-portal-{os.getpid()}.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = envstr("REDIS_URL")
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": envstr("CACHE_KEY_PREFIX", "portal"),
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(envstr("STATIC_ROOT", str(DATA_DIR / "static")))
+# Serve /static/ from the app (admin CSS) when no Nginx does it.
+SERVE_STATIC = envbool("SERVE_STATIC", "True")
+
+# Behind Nginx: trust X-Forwarded-Proto for "is this HTTPS" so cookies get Secure.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- Gateway ---
+# Largest request body accepted on /v1 (bytes); larger gets a 413 envelope.
+MAX_REQUEST_BODY_BYTES = envint("MAX_REQUEST_BODY_BYTES", str(20 * 1024 * 1024))
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+# Seconds to wait for an upstream before answering 504.
+UPSTREAM_TIMEOUT = envfloat("UPSTREAM_TIMEOUT", "600")
+# LiteLLM config to import at start (LiteLLM's config.yaml format).
+PORTAL_CONFIG = envstr("PORTAL_CONFIG", str(Path.cwd() / "config.yaml"))
+# How often (seconds) a worker checks whether the admin changed the catalog.
+CATALOG_REFRESH_SECONDS = envfloat("CATALOG_REFRESH_SECONDS", "1")
+
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+}
+
+LOG_LEVEL = envstr("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+    raise ImproperlyConfigured(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {LOG_LEVEL!r}")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {
+        "portal": {"level": LOG_LEVEL},
+        "gateway": {"level": LOG_LEVEL},
+        "accounts": {"level": LOG_LEVEL},
+        "tracking": {"level": LOG_LEVEL},
+        # One WARNING line per 4xx is noise (and cost) on a busy gateway; 5xx still log.
+        "django.request": {"level": "ERROR"},
+        # LiteLLM logs request payloads at INFO/DEBUG; keep it quiet.
+        "LiteLLM": {"level": "WARNING"},
+    },
+}

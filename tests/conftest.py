@@ -1,0 +1,141 @@
+"""Shared fixtures: a real mock upstream, a real portal server, and catalog helpers.
+
+The portal runs under uvicorn in a background thread of the test process, on
+the test database, so tests talk to it over real HTTP with the openai SDK.
+Tests that call it need the `transactional_db` fixture (rows must be committed
+for the server's own connections to see them).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from django.conf import settings
+from django.core.cache import cache
+
+from tests.mock_upstream import MockUpstream
+
+
+def pytest_configure(config: Any) -> None:
+    """Remove SQLite test files of finished runs: pytest-django deletes the file but not its WAL side
+    files, and a stale WAL corrupts the next database of that name."""
+    db = settings.DATABASES["default"]
+    if not db["ENGINE"].endswith("sqlite3"):
+        return
+    for path in Path(db["TEST"]["NAME"]).parent.glob("test-portal-*.sqlite3*"):
+        pid = path.name.split("-")[2].split(".")[0]
+        if pid.isdigit() and (int(pid) == os.getpid() or not Path(f"/proc/{pid}").exists()):
+            path.unlink(missing_ok=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LiveServer:
+    """uvicorn serving portal.asgi in a thread; stopped at the end of the session."""
+
+    def __init__(self) -> None:
+        import uvicorn
+
+        from portal.asgi import application
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(application, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("portal test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def upstream_server() -> Iterator[MockUpstream]:
+    server = MockUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def upstream(upstream_server: MockUpstream) -> MockUpstream:
+    upstream_server.reset()
+    return upstream_server
+
+
+@pytest.fixture(scope="session")
+def live_portal(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveServer]:
+    server = LiveServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache() -> Iterator[None]:
+    """Each test starts with empty counters and a catalog reloaded from its own rows."""
+    from gateway import catalog
+
+    cache.clear()
+    catalog.invalidate()
+    yield
+    catalog.invalidate()
+
+
+@pytest.fixture
+def portal(live_portal: LiveServer, transactional_db: Any) -> LiveServer:
+    return live_portal
+
+
+@pytest.fixture
+def master_key() -> str:
+    return str(settings.MASTER_KEY)
+
+
+@pytest.fixture
+def client(portal: LiveServer, master_key: str) -> openai.OpenAI:
+    """The official SDK, as an app would use it; our errors must map to its exception classes."""
+    return openai.OpenAI(base_url=f"{portal.url}/v1", api_key=master_key, max_retries=0, timeout=30)
+
+
+def make_provider(upstream: MockUpstream, name: str = "mock", kind: str = "openai_compatible", **fields: Any) -> Any:
+    from gateway.models import Provider
+
+    provider = Provider(name=name, kind=kind, api_base=upstream.base_url, **fields)
+    provider.set_secret("sk-upstream-secret-value-123")
+    provider.save()
+    return provider
+
+
+def make_deployment(provider: Any, public_name: str = "test-model", upstream_model: str = "mock-1",
+                    **fields: Any) -> Any:
+    from gateway.models import Deployment
+
+    return Deployment.objects.create(
+        public_name=public_name, provider=provider, upstream_model=upstream_model, **fields
+    )
+
+
+@pytest.fixture
+def deployment(upstream: MockUpstream, transactional_db: Any) -> Any:
+    """One public model, test-model, served by the mock upstream."""
+    return make_deployment(make_provider(upstream))
