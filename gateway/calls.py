@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -9,8 +10,12 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from gateway import quota
 from gateway.auth import Principal
 from gateway.catalog import Route
+from gateway.quota import Admission
+from tracking import recorder
+from tracking import tags as usage_tags
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +43,39 @@ class Call:
     tags: dict[str, Any] = field(default_factory=dict)
     request_body: dict[str, Any] | None = None
     response_body: Any = None
+    # Quota admissions, one per deployment tried; the last one is the deployment that answered.
+    admissions: list[Admission] = field(default_factory=list)
+    # Content streamed so far: the usage record counts it when the upstream's usage never came (client left).
+    stream_text: list[str] = field(default_factory=list)
 
     @classmethod
     def begin(cls, request: HttpRequest, endpoint: str) -> Call:
-        return cls(request_id=request.request_id, endpoint=endpoint, client_ip=client_ip(request))  # type: ignore[attr-defined]
+        return cls(
+            request_id=request.request_id,  # type: ignore[attr-defined]
+            endpoint=endpoint,
+            client_ip=client_ip(request),
+            tags=usage_tags.from_headers(request.headers),
+        )
 
     def take_usage(self, usage: dict[str, Any] | None) -> None:
         if usage:
             self.prompt_tokens = usage.get("prompt_tokens", self.prompt_tokens)
             self.completion_tokens = usage.get("completion_tokens", self.completion_tokens)
 
+    def take_chunk(self, chunk: dict[str, Any]) -> None:
+        """A streamed chunk: its usage, if any, and its text (a list append; counted later, off the loop)."""
+        self.take_usage(chunk.get("usage"))
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") if isinstance(choice, dict) else None
+            if isinstance(delta, dict) and isinstance(content := delta.get("content"), str) and content:
+                self.stream_text.append(content)
+
     def mark_first_token(self) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
+
+    def rate_headers(self) -> dict[str, str]:
+        return self.admissions[-1].headers() if self.admissions else {}
 
     @property
     def latency_ms(self) -> float | None:
@@ -72,8 +97,34 @@ def client_ip(request: HttpRequest) -> str:
     return str(request.META.get("REMOTE_ADDR") or "")
 
 
+_background: set[asyncio.Task[None]] = set()
+
+
 def finish(call: Call) -> None:
-    """The call is over (answered, failed, or the client left): hand its record off."""
+    """The call is over (answered, failed, or the client left): settle its quota and hand its record off."""
     if call.ended is None:
         call.ended = time.monotonic()
+    if call.admissions:
+        _spawn(_settle(call))
+    # A deque append: the record is written in batches by tracking's background writer.
+    recorder.record(call)
     log.debug("call %s %s status=%s", call.request_id, call.model, call.status)
+
+
+async def _settle(call: Call) -> None:
+    # Deployments that failed served no tokens: give their estimate back; the one that answered
+    # is corrected to its real usage.
+    for admission in call.admissions[:-1]:
+        await quota.settle(admission, 0)
+    await quota.settle(call.admissions[-1], call.total_tokens if call.status == 200 else 0)
+
+
+def _spawn(coro: Any) -> None:
+    """Run off the response path; keep a reference so the task is not garbage-collected mid-way."""
+    try:
+        task = asyncio.get_running_loop().create_task(coro)
+    except RuntimeError:
+        coro.close()
+        return
+    _background.add(task)
+    task.add_done_callback(_background.discard)

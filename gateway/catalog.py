@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core.cache import cache
 
 from gateway import redact
+from gateway.quota import Limit
 
 VERSION_KEY = "gateway:catalog-version"
 
@@ -41,12 +42,29 @@ class Route:
     tpm: int | None
     rpd: int | None
     priority: int
+    reset_timezone: str = "UTC"
+    max_wait_seconds: float = 0.0
+    # The provider-side quota this deployment is counted against (its own and its pool's).
+    limits: tuple[Limit, ...] = ()
+
+    @property
+    def mode(self) -> str:
+        """What the model does, as LiteLLM's model_info.mode says: chat, embedding, audio_speech ("" = unsaid)."""
+        return str(self.model_info.get("mode") or "")
+
+    @property
+    def supports_vision(self) -> bool | None:
+        """model_info.supports_vision; None when the catalog does not say (the provider then decides)."""
+        value = self.model_info.get("supports_vision")
+        return value if isinstance(value, bool) else None
 
 
 @dataclass(frozen=True)
 class Snapshot:
     by_name: dict[str, tuple[Route, ...]]
     created: int  # unix time, shown as "created" in /v1/models
+    # Cross-name fallbacks from an imported LiteLLM config: {"a": ["b", "c"]}.
+    fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def routes(self, public_name: str) -> tuple[Route, ...]:
         return self.by_name.get(public_name, ())
@@ -71,35 +89,79 @@ def build_snapshot() -> Snapshot:
     by_name: dict[str, list[Route]] = {}
     rows = (
         Deployment.objects.filter(enabled=True, provider__enabled=True)
-        .select_related("provider")
+        .select_related("provider", "pool")
         .order_by("public_name", "priority", "id")
     )
     for d in rows:
-        p = d.provider
-        try:
-            api_key = p.api_key()
-        except ValueError:
-            api_key = ""
-        redact.register(api_key)
-        route = Route(
-            id=d.id,
-            public_name=d.public_name,
-            provider_id=p.id,
-            provider_name=p.name,
-            kind=p.kind,
-            upstream_model=d.upstream_model,
-            litellm_model=d.litellm_model(),
-            api_base=p.resolved_api_base(),
-            api_key=api_key,
-            params={**p.extra, **d.litellm_params},
-            model_info=d.model_info,
-            rpm=d.rpm,
-            tpm=d.tpm,
-            rpd=d.rpd,
-            priority=d.priority,
-        )
+        route = route_for(d)
         by_name.setdefault(d.public_name, []).append(route)
-    return Snapshot({k: tuple(v) for k, v in by_name.items()}, created=int(time.time()))
+    return Snapshot({k: tuple(v) for k, v in by_name.items()}, created=int(time.time()), fallbacks=load_fallbacks())
+
+
+def route_for(d: Any) -> Route:
+    """One deployment (with its provider and pool loaded) as a Route; also for the admin's Test action."""
+    from gateway import providers
+
+    p = d.provider
+    try:
+        api_key = p.api_key()
+    except ValueError:
+        api_key = ""
+    redact.register(api_key)
+    return Route(
+        id=d.id,
+        public_name=d.public_name,
+        provider_id=p.id,
+        provider_name=p.name,
+        kind=p.kind,
+        upstream_model=d.upstream_model,
+        litellm_model=d.litellm_model(),
+        api_base=providers.api_base_for(p),
+        api_key=api_key,
+        params=providers.merge_params(p.extra, d.litellm_params),
+        model_info=d.model_info,
+        rpm=d.rpm,
+        tpm=d.tpm,
+        rpd=d.rpd,
+        priority=d.priority,
+        reset_timezone=p.reset_timezone,
+        max_wait_seconds=d.max_wait_seconds,
+        limits=deployment_limits(d),
+    )
+
+
+def deployment_limits(d: Any) -> tuple[Limit, ...]:
+    label = f"provider '{d.provider.name}' ({d.upstream_model})"
+    limits = [
+        Limit("deployment", str(d.id), label, name, value, d.provider.reset_timezone)
+        for name in ("rpm", "tpm", "rpd", "tpd")
+        if (value := getattr(d, name)) is not None
+    ]
+    if d.pool is not None:
+        limits += [
+            Limit("pool", d.pool.name, f"shared pool '{d.pool.name}'", name, value, d.pool.reset_timezone)
+            for name in ("rpm", "tpm", "rpd", "tpd")
+            if (value := getattr(d.pool, name)) is not None
+        ]
+    return tuple(limits)
+
+
+def load_fallbacks() -> dict[str, tuple[str, ...]]:
+    """LiteLLM's `fallbacks: [{"a": ["b"]}]`, from router_settings or litellm_settings."""
+    from gateway.models import ConfigSetting
+
+    out: dict[str, tuple[str, ...]] = {}
+    for row in ConfigSetting.objects.filter(key__in=["router_settings", "litellm_settings"]):
+        entries = row.value.get("fallbacks") if isinstance(row.value, dict) else None
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict):
+                continue
+            for name, targets in entry.items():
+                if isinstance(targets, list):
+                    out[str(name)] = out.get(str(name), ()) + tuple(str(t) for t in targets)
+                elif isinstance(targets, str):
+                    out[str(name)] = (*out.get(str(name), ()), targets)
+    return out
 
 
 class _State:
@@ -117,7 +179,13 @@ async def get() -> Snapshot:
     now = time.monotonic()
     if _state.snapshot is not None and now - _state.checked_at < settings.CATALOG_REFRESH_SECONDS:
         return _state.snapshot
-    version = await cache.aget(VERSION_KEY)
+    try:
+        version = await cache.aget(VERSION_KEY)
+    except Exception:
+        # The shared cache is down: keep serving the catalog we have rather than failing every request.
+        if _state.snapshot is not None:
+            return _state.snapshot
+        version = None
     if _state.snapshot is not None and version == _state.version:
         _state.checked_at = now
         return _state.snapshot

@@ -7,13 +7,20 @@ one answered.
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import logging
+import math
 import re
+import struct
+import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from django.conf import settings
+from asgiref.sync import async_to_sync
 
+from gateway import media, providers, redact
 from gateway.catalog import Route
 from gateway.errors import GatewayError
 
@@ -26,9 +33,21 @@ RESERVED_FIELDS = frozenset({"model", "stream", "api_key", "api_base", "base_url
 class UpstreamError(GatewayError):
     """A provider failed; `retryable` says whether another deployment may be tried."""
 
-    def __init__(self, status: int, message: str, *, upstream_status: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        upstream_status: int | None = None,
+        retry_after_seconds: float | None = None,
+        per_day: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(status, message, **kwargs)
         self.upstream_status = upstream_status
+        # What the provider said about its rate limit: how long to wait, and whether the day is used up.
+        self.retry_after_seconds = retry_after_seconds
+        self.per_day = per_day
 
     @property
     def retryable(self) -> bool:
@@ -41,6 +60,14 @@ class Upstream(Protocol):
     def stream(self, route: Route, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]: ...
 
 
+class MediaUpstream(Upstream, Protocol):
+    """The calls beyond chat; the views run them through the router via gateway.media.Operation."""
+
+    async def speech(self, route: Route, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    async def embeddings(self, route: Route, body: dict[str, Any]) -> dict[str, Any]: ...
+
+
 def _litellm() -> Any:
     # Imported on first use: `import litellm` costs seconds and ~200 MB, which
     # `gunicorn --preload` pays once in the master instead of per worker.
@@ -51,44 +78,55 @@ def _litellm() -> Any:
     return litellm
 
 
+def warm_up() -> None:
+    """Import LiteLLM before serving (see portal/asgi.py)."""
+    _litellm()
+
+
 class LiteLLMUpstream:
     """Calls any provider LiteLLM knows, with LiteLLM's own retries off (retries are the router's)."""
 
     def _kwargs(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
-        kwargs = {k: v for k, v in body.items() if k not in RESERVED_FIELDS}
-        kwargs.update(route.params)
-        kwargs.update(
-            model=route.litellm_model,
-            num_retries=0,
-            max_retries=0,
-            timeout=settings.UPSTREAM_TIMEOUT,
-        )
-        # Passing api_base explicitly keeps LiteLLM from looking anything up (synchronously) itself.
-        if route.api_base:
-            kwargs["api_base"] = route.api_base
-        # Local servers (LM Studio, vLLM) often need no key, but the OpenAI client insists on one.
-        kwargs["api_key"] = route.api_key or "no-key"
+        # The provider kind's base URL, headers and key, LiteLLM's retries off: see gateway.providers.
+        return providers.call_kwargs(route, {k: v for k, v in body.items() if k not in RESERVED_FIELDS})
+
+    async def _call_kwargs(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
+        kwargs = self._kwargs(route, body)
+        if route.kind == "github_copilot":
+            # Copilot's key is a short-lived token fetched (async) at call time, with editor headers.
+            from gateway import copilot
+
+            kwargs = await copilot.call_kwargs(route, body, kwargs)
         return kwargs
+
+    async def _failed(self, exc: Exception, route: Route) -> UpstreamError:
+        error = translate_error(exc, route)
+        if route.kind == "github_copilot" and error.upstream_status == 401:
+            from gateway import copilot
+
+            await copilot.aforget(route.provider_id)  # the next call exchanges a fresh Copilot token
+        return error
 
     async def complete(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
         litellm = _litellm()
+        kwargs = await self._call_kwargs(route, body)
         try:
-            response = await litellm.acompletion(**self._kwargs(route, body))
+            response = await litellm.acompletion(**kwargs)
         except Exception as e:
-            raise translate_error(e, route) from None
+            raise await self._failed(e, route) from None
         result: dict[str, Any] = response.model_dump(exclude_none=True)
         return result
 
     async def stream(self, route: Route, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         litellm = _litellm()
-        kwargs = self._kwargs(route, body)
+        kwargs = await self._call_kwargs(route, body)
         # Always ask for usage so it can be recorded; the view drops the usage
         # chunk when the client did not ask for it.
         kwargs["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         try:
             response = await litellm.acompletion(stream=True, **kwargs)
         except Exception as e:
-            raise translate_error(e, route) from None
+            raise await self._failed(e, route) from None
         try:
             async for chunk in response:
                 yield chunk.model_dump(exclude_none=True)
@@ -97,6 +135,58 @@ class LiteLLMUpstream:
         finally:
             # Closes the upstream HTTP response, also when the client went away.
             await response.aclose()
+
+    async def speech(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
+        """Text to speech with Gemini: a chat call asking for AUDIO, its raw PCM wrapped here.
+
+        Not litellm.aspeech: for Gemini that runs a synchronous completion in a thread (which a client
+        disconnect cannot cancel); acompletion with modalities=["audio"] is the same request, async.
+        """
+        litellm = _litellm()
+        fields = {
+            "messages": [{"role": "user", "content": body["input"]}],
+            "modalities": ["audio"],
+            # LiteLLM maps OpenAI's voice names (alloy, …) to Gemini's prebuilt voices (Kore, …).
+            "audio": {"voice": body["voice"], "format": "pcm16"},
+        }
+        kwargs = await self._call_kwargs(route, fields)
+        try:
+            response = await litellm.acompletion(**kwargs)
+        except Exception as e:
+            raise await self._failed(e, route) from None
+        audio = response.choices[0].message.audio if response.choices else None
+        if audio is None or not audio.data:
+            raise UpstreamError(502, f"Provider '{route.provider_name}' (model '{route.public_name}') returned no "
+                                "audio.", code="upstream_error", upstream_status=502)
+        pcm = base64.b64decode(audio.data)
+        fmt = body.get("response_format") or "wav"
+        usage = response.usage.model_dump(exclude_none=True) if response.usage else None
+        return {
+            "audio": media.wav(pcm) if fmt == "wav" else pcm,
+            "content_type": media.SPEECH_CONTENT_TYPES[fmt],
+            "usage": usage,
+        }
+
+    async def embeddings(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
+        litellm = _litellm()
+        fields = {k: body[k] for k in ("input", "dimensions", "user") if body.get(k) is not None}
+        kwargs = await self._call_kwargs(route, fields)
+        if route.kind == "github_models":
+            # LiteLLM's github/ provider has no embeddings; GitHub Models serves them OpenAI-style.
+            kwargs["model"] = f"openai/{route.upstream_model}"
+        try:
+            response = await litellm.aembedding(**kwargs)
+        except Exception as e:
+            raise await self._failed(e, route) from None
+        result: dict[str, Any] = response.model_dump(exclude_none=True)
+        if body.get("encoding_format") == "base64":
+            # Asked of the provider as floats (not every provider, e.g. Gemini, offers base64), encoded here
+            # the way OpenAI does: little-endian float32.
+            for item in result.get("data") or []:
+                vector = item.get("embedding")
+                if isinstance(vector, list):
+                    item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+        return result
 
 
 _LITELLM_PREFIX = re.compile(r"^(litellm\.\w+(Error|Exception)?:\s*)+")
@@ -107,14 +197,54 @@ def _clean(message: str) -> str:
     return message[:1000]
 
 
-def _retry_after(exc: Exception) -> str | None:
+def _headers(exc: Exception) -> dict[str, str]:
     response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None) or getattr(exc, "headers", None) or {}
+    raw = getattr(response, "headers", None) or getattr(exc, "headers", None) or {}
     try:
-        value = headers.get("retry-after")
+        return {str(k).lower(): str(v) for k, v in raw.items()}
     except AttributeError:
+        return {}
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds from "37", "37s", "1m30s", "6m0s", "250ms" or "1.5s" (OpenAI, Gemini and Retry-After styles)."""
+    text = text.strip().strip('"')
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    m = _DURATION.match(text)
+    if not m or not any(m.groups()):
         return None
-    return str(value) if value else None
+    h, mins, secs, ms = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mins * 60 + secs + ms / 1000
+
+
+_QUOTA_ID = re.compile(r'quotaId["\']?\s*[:=]\s*["\']?([A-Za-z0-9_-]+)')
+_RETRY_DELAY = re.compile(r'retryDelay["\']?\s*[:=]\s*["\']?([0-9.]+s)')
+
+
+def parse_rate_limit(exc: Exception) -> tuple[float | None, bool]:
+    """How long the provider wants us to wait, and whether it is the daily quota that ran out.
+
+    Reads Retry-After / retry-after-ms / x-ratelimit-reset-requests headers and Gemini's error body
+    (QuotaFailure quotaId such as GenerateRequestsPerDayPerProjectPerModel-FreeTier, RetryInfo retryDelay).
+    """
+    headers = _headers(exc)
+    text = str(exc) + str(getattr(exc, "body", "") or "")
+    seconds: float | None = None
+    if "retry-after-ms" in headers:
+        seconds = (parse_duration(headers["retry-after-ms"]) or 0) / 1000 or None
+    for name in ("retry-after", "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
+        if seconds is None and name in headers:
+            seconds = parse_duration(headers[name])
+    if seconds is None and (m := _RETRY_DELAY.search(text)):
+        seconds = parse_duration(m.group(1))
+    per_day = any("PerDay" in q or "per_day" in q.lower() for q in _QUOTA_ID.findall(text))
+    return seconds, per_day
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -141,7 +271,7 @@ def translate_error(exc: Exception, route: Route) -> UpstreamError:
     status = getattr(exc, "status_code", None)
     if isinstance(exc, litellm.Timeout):
         return UpstreamError(504, f"Timed out waiting for {where}.", code="upstream_timeout", upstream_status=status)
-    if isinstance(exc, litellm.APIConnectionError) and status in (None, 500) or _is_connection_error(exc):
+    if (isinstance(exc, litellm.APIConnectionError) and status in (None, 500)) or _is_connection_error(exc):
         log.warning("connection to %s failed: %s", where, _clean(str(exc)))
         return UpstreamError(502, f"Could not reach {where}.", code="upstream_connection_error", upstream_status=500)
     if not isinstance(status, int):
@@ -149,14 +279,17 @@ def translate_error(exc: Exception, route: Route) -> UpstreamError:
         return UpstreamError(502, f"Unexpected error from {where}.", code="upstream_error")
     detail = _clean(str(exc))
     if status == 429:
-        headers = {"Retry-After": ra} if (ra := _retry_after(exc)) else {}
+        seconds, per_day = parse_rate_limit(exc)
+        headers = {"Retry-After": str(math.ceil(seconds))} if seconds is not None else {}
         return UpstreamError(
             429,
             f"Rate limited by {where}: {detail}",
-            code="rate_limit_exceeded",
-            type="rate_limit_error",
+            code="insufficient_quota" if per_day else "rate_limit_exceeded",
+            type="insufficient_quota" if per_day else "requests",
             headers=headers,
             upstream_status=status,
+            retry_after_seconds=seconds,
+            per_day=per_day,
         )
     if status in (401, 403):
         return UpstreamError(
@@ -174,8 +307,48 @@ def translate_error(exc: Exception, route: Route) -> UpstreamError:
     return UpstreamError(502, f"{where} failed ({status}): {detail}", code="upstream_error", upstream_status=status)
 
 
-def default_upstream() -> Upstream:
+def default_upstream() -> MediaUpstream:
     return _upstream
+
+
+# The admin's "Test" action: the smallest real request, through the same interface as /v1.
+PROBE_TIMEOUT = 30.0
+PROBE_MESSAGES = [{"role": "user", "content": "Reply with one word: ok"}]
+
+
+@dataclass(frozen=True)
+class Probe:
+    ok: bool
+    latency_ms: float
+    message: str = ""  # the upstream's error (redacted) when not ok
+
+
+async def probe(route: Route, upstream: Upstream | None = None) -> Probe:
+    started = time.monotonic()
+
+    def elapsed() -> float:
+        return (time.monotonic() - started) * 1000
+
+    try:
+        body = {"model": route.public_name, "messages": PROBE_MESSAGES, "max_tokens": 1}
+        await asyncio.wait_for((upstream or default_upstream()).complete(route, body), PROBE_TIMEOUT)
+    except GatewayError as e:
+        return Probe(False, elapsed(), f"{e.status}: {e.message}")
+    except TimeoutError:
+        return Probe(False, elapsed(), f"no answer within {PROBE_TIMEOUT:.0f} seconds")
+    except Exception as e:
+        log.exception("test call to deployment %s failed", route.id)
+        return Probe(False, elapsed(), redact.redact(f"unexpected error: {type(e).__name__}: {e}"))
+    return Probe(True, elapsed())
+
+
+def probe_all(routes: list[Route]) -> list[Probe]:
+    """Test several deployments at once (from sync code such as an admin action)."""
+
+    async def run() -> list[Probe]:
+        return list(await asyncio.gather(*(probe(route) for route in routes)))
+
+    return async_to_sync(run)()
 
 
 _upstream = LiteLLMUpstream()

@@ -9,6 +9,11 @@ urlpatterns = [
     path("models", views.list_models),
     # Public names contain slashes (google/gemini-2.5-flash).
     path("v1/models/<path:model>", views.retrieve_model),
+    path("v1/quota", views.quota_status),
+    path("v1/audio/speech", views.audio_speech),
+    path("audio/speech", views.audio_speech),
+    path("v1/embeddings", views.embeddings),
+    path("embeddings", views.embeddings),
     re_path(r"^v1(?:/(?P<rest>.*))?$", views.v1_not_found),
     path("health/liveliness", views.liveliness),
     path("health/liveness", views.liveliness),

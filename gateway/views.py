@@ -15,14 +15,15 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 
-from gateway import catalog, redact, router
+from gateway import catalog, media, quota, redact, router
 from gateway.auth import Principal, authenticate
 from gateway.calls import Call, finish
 from gateway.catalog import Route
 from gateway.errors import GatewayError, not_found
 from gateway.upstream import UpstreamError, default_upstream
-from gateway.validation import json_body, parse_chat
+from gateway.validation import json_body, parse_chat, parse_embeddings, parse_speech
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +85,14 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
         chat = parse_chat(body)
         call.model, call.streamed = chat.model, chat.stream
         routes = await routes_for(call.principal, chat.model)
+        media.refuse_other_modes(routes, chat.model, "chat completions", CHAT_MODES)
+        routes = media.routes_for_images(routes, chat.images, chat.model)
         upstream = default_upstream()
         if chat.stream:
             first, chunks = await router.open_stream(upstream, routes, body, call)
             # From here the stream's generator owns the call and finishes it.
-            return sse_response(sse_events(call, first, chunks, include_usage=chat.include_usage))
+            response = sse_response(sse_events(call, first, chunks, include_usage=chat.include_usage))
+            return with_headers(response, call.rate_headers())
         result = await router.complete(upstream, routes, body, call)
     except GatewayError as e:
         call.status, call.error_code, call.error_message = e.status, e.code, e.message
@@ -98,7 +102,65 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     call.take_usage(result.get("usage"))
     call.response_body = result
     finish(call)
-    return json_response(result)
+    return with_headers(json_response(result), call.rate_headers())
+
+
+# model_info.mode values a chat completion may go to ("" = not declared).
+CHAT_MODES = ("chat", "completion", "responses")
+
+
+@gateway_view("POST")
+async def audio_speech(request: HttpRequest) -> HttpResponse:
+    """OpenAI's text-to-speech: the audio bytes, with their content type."""
+    call = Call.begin(request, "audio.speech")
+    try:
+        call.principal = await authenticate(request)
+        body = json_body(request)
+        call.request_body = body
+        speech = parse_speech(body)
+        call.model = speech.model
+        routes = await routes_for(call.principal, speech.model)
+        media.refuse_other_modes(routes, speech.model, "text-to-speech", ("audio_speech",))
+        routes = media.speech_routes(routes, speech.model, speech.response_format)
+        operation = media.Operation(default_upstream().speech)
+        result = await router.complete(operation, routes, {**body, "response_format": speech.response_format}, call)
+    except GatewayError as e:
+        call.status, call.error_code, call.error_message = e.status, e.code, e.message
+        finish(call)
+        raise
+    call.status = 200
+    call.take_usage(result.get("usage"))
+    call.response_body = {"content_type": result["content_type"], "bytes": len(result["audio"])}
+    finish(call)
+    response = HttpResponse(result["audio"], content_type=result["content_type"])
+    return with_headers(response, call.rate_headers())
+
+
+@gateway_view("POST")
+async def embeddings(request: HttpRequest) -> HttpResponse:
+    call = Call.begin(request, "embeddings")
+    try:
+        call.principal = await authenticate(request)
+        body = json_body(request)
+        call.request_body = body
+        call.model = parse_embeddings(body).model
+        routes = await routes_for(call.principal, call.model)
+        media.refuse_other_modes(routes, call.model, "embeddings", ("embedding",))
+        result = await router.complete(media.Operation(default_upstream().embeddings), routes, body, call)
+    except GatewayError as e:
+        call.status, call.error_code, call.error_message = e.status, e.code, e.message
+        finish(call)
+        raise
+    call.status = 200
+    call.take_usage(result.get("usage"))
+    finish(call)
+    return with_headers(json_response(result), call.rate_headers())
+
+
+def with_headers(response: HttpResponseBase, headers: dict[str, str]) -> HttpResponseBase:
+    for name, value in headers.items():
+        response[name] = value
+    return response
 
 
 def sse_response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
@@ -150,14 +212,14 @@ async def sse_events(
     try:
         if first is not None:
             call.mark_first_token()
-            call.take_usage(first.get("usage"))
+            call.take_chunk(first)
             if (out := _for_client(first, include_usage)) is not None:
                 yield b"data: " + orjson.dumps(out) + b"\n\n"
         async for chunk in _with_keepalive(chunks):
             if chunk is None:
                 yield b": keepalive\n\n"
                 continue
-            call.take_usage(chunk.get("usage"))
+            call.take_chunk(chunk)
             if (out := _for_client(chunk, include_usage)) is not None:
                 yield b"data: " + orjson.dumps(out) + b"\n\n"
         yield b"data: [DONE]\n\n"
@@ -199,6 +261,30 @@ async def retrieve_model(request: HttpRequest, model: str) -> HttpResponse:
 
 def _model_object(name: str, routes: tuple[Route, ...], created: int) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": routes[0].provider_name}
+
+
+@gateway_view("GET")
+async def quota_status(request: HttpRequest) -> HttpResponse:
+    """The caller's remaining quota per model: its key's own limits and the providers' behind each model."""
+    principal = await authenticate(request)
+    snapshot = await catalog.get()
+    names = [name for name in snapshot.names() if principal.may_use(name)]
+    if model := request.GET.get("model"):
+        names = [name for name in names if name == model]
+    data = await sync_to_async(_quota_report)(principal, snapshot, names)
+    return json_response({"object": "list", "data": data})
+
+
+def _quota_report(principal: Principal, snapshot: catalog.Snapshot, names: list[str]) -> list[dict[str, Any]]:
+    out = []
+    for name in names:
+        deployments = [
+            {"deployment": route.id, "provider": route.provider_name, "limits": quota.usage_of(list(route.limits))}
+            for route in snapshot.routes(name)
+        ]
+        key = quota.usage_of(router.key_limits(principal, name))
+        out.append({"model": name, "key_limits": key, "deployments": deployments})
+    return out
 
 
 @gateway_view("GET", "POST", "PUT", "PATCH", "DELETE")

@@ -16,10 +16,13 @@ import django
 
 django.setup(set_prefix=False)
 
+from asgiref.sync import sync_to_async  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
 
+from gateway import quota, upstream  # noqa: E402
 from portal.lean import GATEWAY_PREFIXES, reject_oversized  # noqa: E402
+from tracking import recorder  # noqa: E402
 
 
 class GatewayHandler(ASGIHandler):
@@ -32,6 +35,10 @@ class GatewayHandler(ASGIHandler):
         handler = self._get_response_async if is_async else self._get_response
         self._middleware_chain = convert_exception_to_response(handler)
 
+
+# LiteLLM takes seconds to import: do it now (once, in gunicorn's master with --preload), never inside the
+# first request, where it would block the event loop for every request in flight.
+upstream.warm_up()
 
 django_app = ASGIHandler()
 gateway_app = GatewayHandler()
@@ -55,5 +62,9 @@ async def _lifespan(receive: Any, send: Any) -> None:
         if message["type"] == "lifespan.startup":
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            # Daily quota counts not yet in the database must survive the restart.
+            await sync_to_async(quota.ledger.flush)()
+            # Buffered usage records too (gunicorn's SIGTERM -> uvicorn runs this after in-flight requests).
+            await sync_to_async(recorder.shutdown, thread_sensitive=False)()
             await send({"type": "lifespan.shutdown.complete"})
             return

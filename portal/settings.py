@@ -8,6 +8,7 @@ at start with ImproperlyConfigured naming the variable, instead of guessing.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -156,9 +157,12 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
     "gateway",
     "accounts",
     "tracking",
+    # For its management commands (prepare); it has no models.
+    "portal",
 ]
 
 MIDDLEWARE = [
@@ -230,6 +234,8 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
+# Forms read the token from the page, never from JavaScript.
+CSRF_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
@@ -243,10 +249,123 @@ UPSTREAM_TIMEOUT = envfloat("UPSTREAM_TIMEOUT", "600")
 PORTAL_CONFIG = envstr("PORTAL_CONFIG", str(Path.cwd() / "config.yaml"))
 # How often (seconds) a worker checks whether the admin changed the catalog.
 CATALOG_REFRESH_SECONDS = envfloat("CATALOG_REFRESH_SECONDS", "1")
+# How OpenRouter attributes our traffic (HTTP-Referer / X-Title); LiteLLM's OR_SITE_URL / OR_APP_NAME also work.
+OPENROUTER_SITE_URL = envstr("OPENROUTER_SITE_URL", envstr("OR_SITE_URL"))
+OPENROUTER_APP_NAME = envstr("OPENROUTER_APP_NAME", envstr("OR_APP_NAME", "LLM Portal"))
+
+# --- GitHub Copilot (gateway/copilot.py) ---
+# Where the device flow runs and where the Copilot token is exchanged; tests point these at a local mock.
+GITHUB_COPILOT_GITHUB_URL = envstr("GITHUB_COPILOT_GITHUB_URL", "https://github.com").rstrip("/")
+GITHUB_COPILOT_API_URL = envstr("GITHUB_COPILOT_API_URL", "https://api.github.com").rstrip("/")
+# The OAuth app of the device flow: LiteLLM's (the Copilot editor plugins' app), same variable name.
+GITHUB_COPILOT_CLIENT_ID = envstr("GITHUB_COPILOT_CLIENT_ID", "Iv1.b507a08c87ecfe98")
+# A LiteLLM token dir is imported when no token is stored in the database yet (same names as LiteLLM).
+GITHUB_COPILOT_TOKEN_DIR = Path(
+    envstr("GITHUB_COPILOT_TOKEN_DIR", str(Path("~/.config/litellm/github_copilot").expanduser()))
+)
+GITHUB_COPILOT_ACCESS_TOKEN_FILE = envstr("GITHUB_COPILOT_ACCESS_TOKEN_FILE", "access-token")
+
+# --- Quotas ---
+# Completion tokens assumed for the TPM estimate when a request sets no max_tokens.
+QUOTA_DEFAULT_COMPLETION_TOKENS = envint("QUOTA_DEFAULT_COMPLETION_TOKENS", "256")
+# How often daily counters are written to the database (seconds).
+QUOTA_FLUSH_SECONDS = envfloat("QUOTA_FLUSH_SECONDS", "1")
+# A provider 429 without a delay parks the deployment this long (seconds).
+QUOTA_DEFAULT_COOLDOWN_SECONDS = envfloat("QUOTA_DEFAULT_COOLDOWN_SECONDS", "60")
+# Longest pause after repeated upstream failures (seconds); it starts at 1 s and doubles.
+QUOTA_MAX_BACKOFF_SECONDS = envfloat("QUOTA_MAX_BACKOFF_SECONDS", "60")
+# A request waiting for a slot re-checks at least this often (seconds).
+QUOTA_WAIT_POLL_SECONDS = envfloat("QUOTA_WAIT_POLL_SECONDS", "0.25")
+# Daily and monthly limits of API keys reset at midnight in this time zone.
+KEY_QUOTA_TIMEZONE = envstr("KEY_QUOTA_TIMEZONE", "UTC")
+
+# --- Usage records (tracking/) ---
+# Buffered records are written every USAGE_FLUSH_SECONDS, or as soon as USAGE_FLUSH_BATCH wait.
+USAGE_FLUSH_SECONDS = envfloat("USAGE_FLUSH_SECONDS", "0.5")
+USAGE_FLUSH_BATCH = envint("USAGE_FLUSH_BATCH", "500")
+# While the database is away records wait in memory, up to this many per worker process.
+USAGE_BUFFER_MAX = envint("USAGE_BUFFER_MAX", "100000")
+# Kept request/response bodies (see Body logging rules in the admin) are cut at this size each.
+USAGE_BODY_MAX_BYTES = envint("USAGE_BODY_MAX_BYTES", "65536")
+# purge_old_usage deletes records older than this.
+USAGE_RETENTION_DAYS = envint("USAGE_RETENTION_DAYS", "90")
+
+# --- MLflow (tracking/export.py) ---
+# The embedded default writes straight into a local store that `make run` also serves on 127.0.0.1:5001.
+MLFLOW_TRACKING_URI = envstr("MLFLOW_TRACKING_URI", f"sqlite:///{DATA_DIR / 'mlflow.db'}")
+MLFLOW_EXPERIMENT_NAME = envstr("MLFLOW_EXPERIMENT_NAME", "llm-portal")
+MLFLOW_EXPORT_BATCH = envint("MLFLOW_EXPORT_BATCH", "200")
+MLFLOW_EXPORT_INTERVAL = envfloat("MLFLOW_EXPORT_INTERVAL", "30")
+# The MLflow client retries a dead server for minutes by default; our task retries with backoff itself.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+# --- Celery (portal/celery.py, tasks in tracking/tasks.py) ---
+# Redis when REDIS_URL is set; otherwise kombu's filesystem transport under ./data/celery (no server needed).
+CELERY_BROKER_URL = envstr("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _celery_queue = DATA_DIR / "celery" / "queue"
+    _celery_queue.mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"data_folder_in": str(_celery_queue), "data_folder_out": str(_celery_queue)}
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+# Each entry expires before its next run, so a stopped worker does not find a pile of stale copies.
+CELERY_BEAT_SCHEDULE = {
+    "export-usage-to-mlflow": {
+        "task": "tracking.tasks.export_usage_to_mlflow",
+        "schedule": MLFLOW_EXPORT_INTERVAL,
+        "options": {"expires": MLFLOW_EXPORT_INTERVAL * 0.9},
+    },
+    "log-daily-usage-metrics": {
+        "task": "tracking.tasks.log_daily_usage_metrics",
+        "schedule": 3600.0,
+        "options": {"expires": 3000},
+    },
+    # Windows roll over at each provider's midnight by themselves; this drops counters long past.
+    "reset-daily-counters": {
+        "task": "tracking.tasks.reset_daily_counters",
+        "schedule": 900.0,
+        "options": {"expires": 800},
+    },
+    "purge-old-usage": {
+        "task": "tracking.tasks.purge_old_usage",
+        "schedule": 3600.0 * 6,
+        "options": {"expires": 3600},
+    },
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+SPECTACULAR_SETTINGS = {
+    "TITLE": "LLM Portal management API",
+    "DESCRIPTION": "Operators' API: users' keys and usage. Authenticate with the master key (Bearer) "
+    "or a staff session.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- Accounts: users' API keys, the self-service page, login throttling ---
+# HMAC key for stored API keys; derived from SECRET_KEY when unset (changing it invalidates every user key).
+API_KEY_PEPPER = envsecret("API_KEY_PEPPER")
+# How many unrevoked, unexpired keys a user may hold (a per-user key policy can override it).
+MAX_KEYS_PER_USER = envint("MAX_KEYS_PER_USER", "20")
+# How long a worker trusts its memo of a key before checking the shared cache; bounds revocation delay.
+API_KEY_REFRESH_SECONDS = envfloat("API_KEY_REFRESH_SECONDS", "0.5")
+# Failed logins allowed per IP and per username ("10/m": ten a minute), admin and self-service alike.
+LOGIN_RATE = envstr("LOGIN_RATE", "10/m")
+if not re.fullmatch(r"\d+/\d*[smhd]", LOGIN_RATE):
+    raise ImproperlyConfigured(f"LOGIN_RATE must look like 10/m (count/period s, m, h or d), got {LOGIN_RATE!r}")
+# django-ratelimit counts in the default cache: in-process when embedded (one process), Redis otherwise.
+RATELIMIT_USE_CACHE = "default"
+LOGIN_URL = "accounts:login"
+LOGIN_REDIRECT_URL = "accounts:keys"
+LOGOUT_REDIRECT_URL = "accounts:login"
 
 LOG_LEVEL = envstr("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -21,6 +21,9 @@ import pytest
 from django.conf import settings
 from django.core.cache import cache
 
+from tests.mlflow_server import mlflow_server  # noqa: F401  (a session fixture: the real MLflow server)
+from tests.mock_gemini import MockGemini
+from tests.mock_github import MockGitHub
 from tests.mock_upstream import MockUpstream
 
 
@@ -84,6 +87,41 @@ def upstream(upstream_server: MockUpstream) -> MockUpstream:
 
 
 @pytest.fixture(scope="session")
+def gemini_server() -> Iterator[MockGemini]:
+    server = MockGemini().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gemini(gemini_server: MockGemini) -> MockGemini:
+    """The mock of Google's native Gemini API (tests/mock_gemini.py), with a clean slate."""
+    gemini_server.reset()
+    return gemini_server
+
+
+@pytest.fixture(scope="session")
+def github_server() -> Iterator[MockGitHub]:
+    server = MockGitHub().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def github(github_server: MockGitHub, settings: Any, tmp_path: Path) -> Iterator[MockGitHub]:
+    """The mock GitHub (device login + Copilot API), with the portal pointed at it and an empty token dir."""
+    from gateway import copilot
+
+    github_server.reset()
+    settings.GITHUB_COPILOT_GITHUB_URL = github_server.url
+    settings.GITHUB_COPILOT_API_URL = github_server.url
+    settings.GITHUB_COPILOT_TOKEN_DIR = tmp_path / "github_copilot"  # never the developer's real token dir
+    copilot.forget_all()
+    yield github_server
+    copilot.forget_all()
+
+
+@pytest.fixture(scope="session")
 def live_portal(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveServer]:
     server = LiveServer().start()
     yield server
@@ -93,17 +131,25 @@ def live_portal(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveSe
 @pytest.fixture(autouse=True)
 def fresh_cache() -> Iterator[None]:
     """Each test starts with empty counters and a catalog reloaded from its own rows."""
-    from gateway import catalog
+    from gateway import catalog, clock, quota, router
 
     cache.clear()
+    quota.store().clear()
+    router._failures.clear()
+    clock.reset()
     catalog.invalidate()
     yield
+    clock.reset()
     catalog.invalidate()
 
 
 @pytest.fixture
-def portal(live_portal: LiveServer, transactional_db: Any) -> LiveServer:
-    return live_portal
+def portal(live_portal: LiveServer, transactional_db: Any) -> Iterator[LiveServer]:
+    from tracking import recorder
+
+    yield live_portal
+    # The test's usage records land in the test's own database, not in the next test's (or a dropped one).
+    recorder.flush()
 
 
 @pytest.fixture

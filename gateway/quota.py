@@ -1,0 +1,638 @@
+"""Quotas: exact, atomic check-and-consume of every limit a request is subject to.
+
+A request is admitted on a deployment only if *all* of its limits have room:
+the deployment's own (RPM/TPM/RPD/TPD), its shared pool's, and the calling
+key's (RPM/RPD/tokens per day or month, optionally per model). All of them are
+checked and consumed in one atomic step: a Lua script in Redis (one round trip,
+so N workers on M hosts never let more through than the limit), or the same
+algorithm on an in-process store when there is no Redis (one worker process).
+
+Per-minute windows are sliding logs (no burst at a window boundary). Daily and
+monthly windows are fixed, aligned to midnight in the provider's reset time
+zone; their counts are also written (in batches, off the request path) to
+DailyCounter rows, and read back when the fast store has no value for the
+day, so a restart never hands out a fresh day's quota.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import math
+import threading
+import uuid
+import zoneinfo
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from gateway import clock
+from gateway.errors import GatewayError
+
+log = logging.getLogger(__name__)
+
+MINUTE_MS = 60_000
+# Fixed-window keys outlive their window a little, for late reads of "used".
+FIXED_GRACE_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One limit: e.g. 50 requests per day for the deployment gemini/gemini-2.5-pro."""
+
+    scope: str  # deployment | pool | key | key-model
+    scope_id: str
+    label: str  # for messages: "provider 'gemini'", "pool 'openrouter-free'", "your API key"
+    name: str  # rpm | tpm | rpd | tpd | tokens_per_month
+    value: int
+    tz: str = "UTC"
+
+    @property
+    def unit(self) -> str:
+        return "requests" if self.name in ("rpm", "rpd") else "tokens"
+
+    @property
+    def period(self) -> str:
+        return {"rpm": "minute", "tpm": "minute", "rpd": "day", "tpd": "day"}.get(self.name, "month")
+
+    @property
+    def sliding(self) -> bool:
+        return self.period == "minute"
+
+    @property
+    def base_key(self) -> str:
+        return f"{self.scope}:{self.scope_id}:{self.name}"
+
+    def describe(self) -> str:
+        return f"{self.value} {self.unit} per {self.period}"
+
+
+def window(limit: Limit, now: float) -> tuple[dt.date, float]:
+    """The fixed window containing `now`: its first day and the unix time it resets."""
+    tz = zoneinfo.ZoneInfo(limit.tz)
+    local = dt.datetime.fromtimestamp(now, tz)
+    if limit.period == "day":
+        start = local.date()
+        nxt = dt.datetime.combine(start + dt.timedelta(days=1), dt.time(), tz)
+    else:
+        start = local.date().replace(day=1)
+        nxt = dt.datetime.combine((start + dt.timedelta(days=32)).replace(day=1), dt.time(), tz)
+    return start, nxt.timestamp()
+
+
+@dataclass(frozen=True)
+class Check:
+    limit: Limit
+    key: str
+    cost: int
+    window_ms: int  # sliding: window length; fixed: reset time (unix ms)
+    day: dt.date | None = None
+
+    @property
+    def durable_key(self) -> str:
+        return self.limit.base_key
+
+
+def build_checks(limits: list[Limit], requests: int, tokens: int, now: float) -> list[Check]:
+    checks = []
+    for limit in limits:
+        cost = requests if limit.unit == "requests" else tokens
+        if limit.sliding:
+            checks.append(Check(limit, f"q:{limit.base_key}", cost, MINUTE_MS))
+        else:
+            day, reset_at = window(limit, now)
+            checks.append(Check(limit, f"q:{limit.base_key}:{day.isoformat()}", cost, int(reset_at * 1000), day))
+    return checks
+
+
+@dataclass
+class Outcome:
+    """What the store answered. On refusal, `check` is the limit that said no."""
+
+    admitted: bool
+    used: list[int] = field(default_factory=list)  # per check, before this request
+    resets_ms: list[int] = field(default_factory=list)  # per check, ms until a slot frees / window ends
+    check: Check | None = None
+    retry_after: float = 0.0
+    cooling: bool = False
+    missing: int | None = None  # index of a fixed counter the store has no value for (seed and retry)
+
+
+class Store(Protocol):
+    async def acquire(self, checks: list[Check], member: str, now_ms: int, cooldown_key: str | None) -> Outcome: ...
+
+    async def seed(self, key: str, value: int, expire_at_ms: int) -> None: ...
+
+    async def adjust(self, checks: list[Check], member: str, deltas: list[int]) -> None: ...
+
+    async def park(self, key: str, until_ms: int, now_ms: int) -> None: ...
+
+    def used_sync(self, checks: list[Check], now_ms: int) -> list[tuple[int, int]]: ...
+
+    def clear(self) -> None: ...
+
+
+# --- Redis store -----------------------------------------------------------------------------------------
+
+# KEYS: cooldown key (or a dummy), then one key per check.
+# ARGV: now_ms, member, then per check: kind ("s" sliding / "f" fixed), limit, cost, window_ms|reset_ms.
+# Returns {1, used..., resets...} when admitted, {0, index, used, retry_ms} when refused by check `index`,
+# {0, 0, 0, ttl_ms} when the deployment is cooling down, {-1, index} when a fixed counter is missing.
+ACQUIRE_LUA = """
+local now = tonumber(ARGV[1])
+local member = ARGV[2]
+local n = #KEYS - 1
+if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
+  return {0, 0, 0, redis.call('PTTL', KEYS[1])}
+end
+local used = {}
+local resets = {}
+for i = 1, n do
+  local b = 2 + (i - 1) * 4
+  local kind, limit, cost, w = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local key = KEYS[i + 1]
+  local u = 0
+  if kind == 's' then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - w)
+    local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+    for j = 1, #entries, 2 do
+      u = u + tonumber(string.match(entries[j], ':(%d+)$'))
+    end
+    local reset = 0
+    if #entries > 0 then reset = tonumber(entries[2]) + w - now end
+    if u + cost > limit then
+      local need, freed, retry = u + cost - limit, 0, w
+      for j = 1, #entries, 2 do
+        freed = freed + tonumber(string.match(entries[j], ':(%d+)$'))
+        if freed >= need then retry = tonumber(entries[j + 1]) + w - now break end
+      end
+      return {0, i, u, retry}
+    end
+    resets[i] = reset
+  else
+    local v = redis.call('GET', key)
+    if not v then return {-1, i} end
+    u = tonumber(v)
+    if u + cost > limit then return {0, i, u, w - now} end
+    resets[i] = w - now
+  end
+  used[i] = u
+end
+for i = 1, n do
+  local b = 2 + (i - 1) * 4
+  local kind, cost, w = ARGV[b + 1], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local key = KEYS[i + 1]
+  if kind == 's' then
+    redis.call('ZADD', key, now, member .. ':' .. cost)
+    redis.call('PEXPIRE', key, w)
+  else
+    redis.call('INCRBY', key, cost)
+  end
+end
+local out = {1}
+for i = 1, n do out[#out + 1] = used[i] end
+for i = 1, n do out[#out + 1] = resets[i] end
+return out
+"""
+
+# KEYS: one per check. ARGV: member, then per check: kind, old cost, delta.
+ADJUST_LUA = """
+local member = ARGV[1]
+for i = 1, #KEYS do
+  local b = 1 + (i - 1) * 3
+  local kind, old, delta = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  if kind == 's' then
+    local score = redis.call('ZSCORE', KEYS[i], member .. ':' .. old)
+    if score then
+      redis.call('ZREM', KEYS[i], member .. ':' .. old)
+      redis.call('ZADD', KEYS[i], score, member .. ':' .. math.max(old + delta, 0))
+    end
+  elseif redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('INCRBY', KEYS[i], delta)
+  end
+end
+return 1
+"""
+
+
+class RedisStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._clients: dict[int, Any] = {}
+        self._sync: Any = None
+
+    def _client(self) -> tuple[Any, Any, Any]:
+        # redis.asyncio connections belong to the loop that made them: one client per loop.
+        import redis.asyncio as aioredis
+
+        loop_id = id(asyncio.get_running_loop())
+        entry = self._clients.get(loop_id)
+        if entry is None:
+            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=5,
+                                             health_check_interval=30)
+            entry = (client, client.register_script(ACQUIRE_LUA), client.register_script(ADJUST_LUA))
+            self._clients[loop_id] = entry
+        return entry
+
+    def _sync_client(self) -> Any:
+        import redis
+
+        if self._sync is None:
+            self._sync = redis.Redis.from_url(self.url)
+        return self._sync
+
+    async def acquire(self, checks: list[Check], member: str, now_ms: int, cooldown_key: str | None) -> Outcome:
+        _, acquire, _ = self._client()
+        args: list[Any] = [now_ms, member]
+        for c in checks:
+            args += ["s" if c.limit.sliding else "f", c.limit.value, c.cost, c.window_ms]
+        reply = await acquire(keys=[cooldown_key or "", *[c.key for c in checks]], args=args)
+        return _outcome(checks, [int(x) for x in reply])
+
+    async def seed(self, key: str, value: int, expire_at_ms: int) -> None:
+        client, _, _ = self._client()
+        await client.set(key, value, nx=True, pxat=expire_at_ms + FIXED_GRACE_MS)
+
+    async def adjust(self, checks: list[Check], member: str, deltas: list[int]) -> None:
+        _, _, adjust = self._client()
+        args: list[Any] = [member]
+        for c, d in zip(checks, deltas, strict=True):
+            args += ["s" if c.limit.sliding else "f", c.cost, d]
+        await adjust(keys=[c.key for c in checks], args=args)
+
+    async def park(self, key: str, until_ms: int, now_ms: int) -> None:
+        client, _, _ = self._client()
+        await client.set(key, "1", px=max(until_ms - now_ms, 1))
+
+    def used_sync(self, checks: list[Check], now_ms: int) -> list[tuple[int, int]]:
+        client = self._sync_client()
+        out = []
+        for c in checks:
+            if c.limit.sliding:
+                entries = client.zrangebyscore(c.key, now_ms - c.window_ms, "+inf", withscores=True)
+                used = sum(int(m.rsplit(b":", 1)[1]) for m, _ in entries)
+                reset = int(entries[0][1] + c.window_ms - now_ms) if entries else 0
+                out.append((used, reset))
+            else:
+                out.append((int(client.get(c.key) or 0), c.window_ms - now_ms))
+        return out
+
+    def clear(self) -> None:
+        client = self._sync_client()
+        for key in client.scan_iter("q:*"):
+            client.delete(key)
+
+
+def _outcome(checks: list[Check], reply: list[int]) -> Outcome:
+    if reply[0] == 1:
+        n = len(checks)
+        return Outcome(True, used=reply[1 : 1 + n], resets_ms=reply[1 + n : 1 + 2 * n])
+    if reply[0] == -1:
+        return Outcome(False, missing=reply[1] - 1)
+    if reply[1] == 0:
+        return Outcome(False, retry_after=max(reply[3], 0) / 1000, cooling=True)
+    return Outcome(False, check=checks[reply[1] - 1], used=[reply[2]], retry_after=max(reply[3], 0) / 1000)
+
+
+# --- In-process store ------------------------------------------------------------------------------------
+
+
+class MemoryStore:
+    """The same algorithm for one process (the embedded default). Never awaits inside a step, so it is atomic
+    within the event loop; a lock covers the admin's reads from other threads."""
+
+    def __init__(self) -> None:
+        self.sliding: dict[str, deque[tuple[int, str, int]]] = {}
+        self.fixed: dict[str, tuple[int, int]] = {}  # key -> (value, expires_ms)
+        self.parked: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def _log(self, key: str, now_ms: int, window_ms: int) -> deque[tuple[int, str, int]]:
+        entries = self.sliding.setdefault(key, deque())
+        while entries and entries[0][0] <= now_ms - window_ms:
+            entries.popleft()
+        return entries
+
+    def _fixed(self, key: str, now_ms: int) -> int | None:
+        entry = self.fixed.get(key)
+        if entry is None or entry[1] + FIXED_GRACE_MS < now_ms:
+            return None
+        return entry[0]
+
+    async def acquire(self, checks: list[Check], member: str, now_ms: int, cooldown_key: str | None) -> Outcome:
+        with self.lock:
+            return self._acquire(checks, member, now_ms, cooldown_key)
+
+    def _acquire(self, checks: list[Check], member: str, now_ms: int, cooldown_key: str | None) -> Outcome:
+        if cooldown_key and self.parked.get(cooldown_key, 0) > now_ms:
+            return Outcome(False, retry_after=(self.parked[cooldown_key] - now_ms) / 1000, cooling=True)
+        used, resets = [], []
+        for i, c in enumerate(checks):
+            if c.limit.sliding:
+                entries = self._log(c.key, now_ms, c.window_ms)
+                u = sum(e[2] for e in entries)
+                if u + c.cost > c.limit.value:
+                    return Outcome(False, check=c, used=[u], retry_after=_sliding_retry(entries, u, c, now_ms))
+                resets.append(entries[0][0] + c.window_ms - now_ms if entries else 0)
+            else:
+                value = self._fixed(c.key, now_ms)
+                if value is None:
+                    return Outcome(False, missing=i)
+                u = value
+                if u + c.cost > c.limit.value:
+                    return Outcome(False, check=c, used=[u], retry_after=(c.window_ms - now_ms) / 1000)
+                resets.append(c.window_ms - now_ms)
+            used.append(u)
+        for c in checks:
+            if c.limit.sliding:
+                self.sliding[c.key].append((now_ms, member, c.cost))
+            else:
+                value, expires = self.fixed[c.key]
+                self.fixed[c.key] = (value + c.cost, expires)
+        return Outcome(True, used=used, resets_ms=resets)
+
+    async def seed(self, key: str, value: int, expire_at_ms: int) -> None:
+        with self.lock:
+            if self._fixed(key, clock_ms()) is None:
+                self.fixed[key] = (value, expire_at_ms)
+
+    async def adjust(self, checks: list[Check], member: str, deltas: list[int]) -> None:
+        with self.lock:
+            for c, delta in zip(checks, deltas, strict=True):
+                if c.limit.sliding:
+                    entries = self.sliding.get(c.key, deque())
+                    for i, (ts, m, cost) in enumerate(entries):
+                        if m == member:
+                            entries[i] = (ts, m, max(cost + delta, 0))
+                            break
+                elif c.key in self.fixed:
+                    value, expires = self.fixed[c.key]
+                    self.fixed[c.key] = (value + delta, expires)
+
+    async def park(self, key: str, until_ms: int, now_ms: int) -> None:
+        with self.lock:
+            self.parked[key] = until_ms
+
+    def used_sync(self, checks: list[Check], now_ms: int) -> list[tuple[int, int]]:
+        out = []
+        with self.lock:
+            for c in checks:
+                if c.limit.sliding:
+                    entries = [e for e in self.sliding.get(c.key, ()) if e[0] > now_ms - c.window_ms]
+                    out.append((sum(e[2] for e in entries), entries[0][0] + c.window_ms - now_ms if entries else 0))
+                else:
+                    out.append((self._fixed(c.key, now_ms) or 0, c.window_ms - now_ms))
+        return out
+
+    def clear(self) -> None:
+        with self.lock:
+            self.sliding.clear()
+            self.fixed.clear()
+            self.parked.clear()
+
+
+def _sliding_retry(entries: deque[tuple[int, str, int]], used: int, c: Check, now_ms: int) -> float:
+    need, freed = used + c.cost - c.limit.value, 0
+    for ts, _, cost in entries:
+        freed += cost
+        if freed >= need:
+            return max(ts + c.window_ms - now_ms, 0) / 1000
+    return c.window_ms / 1000
+
+
+def clock_ms() -> int:
+    return int(clock.now() * 1000)
+
+
+_store: Store | None = None
+
+
+def store() -> Store:
+    global _store
+    if _store is None:
+        _store = RedisStore(settings.REDIS_URL) if settings.REDIS_URL else MemoryStore()
+    return _store
+
+
+# --- Durable daily counters (write-behind) ---------------------------------------------------------------
+
+
+class Ledger:
+    """Collects daily increments and writes them to DailyCounter in batches, off the request path."""
+
+    def __init__(self) -> None:
+        self.pending: dict[tuple[str, dt.date], int] = {}
+        self.lock = threading.Lock()
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, key: str, day: dt.date, delta: int) -> None:
+        if delta:
+            with self.lock:
+                self.pending[(key, day)] = self.pending.get((key, day), 0) + delta
+        self._ensure_task()
+
+    def unflushed(self, key: str, day: dt.date) -> int:
+        with self.lock:
+            return self.pending.get((key, day), 0)
+
+    def _ensure_task(self) -> None:
+        if self.task is None or self.task.done():
+            try:
+                self.task = asyncio.get_running_loop().create_task(self._run())
+            except RuntimeError:
+                pass  # no loop (management command): flush() is called explicitly
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(settings.QUOTA_FLUSH_SECONDS)
+            try:
+                await sync_to_async(self.flush)()
+            except Exception:
+                log.exception("could not write daily quota counters; will retry")
+
+    def flush(self) -> None:
+        with self.lock:
+            batch, self.pending = self.pending, {}
+        try:
+            for (key, day), delta in batch.items():
+                _add_to_counter(key, day, delta)
+        except Exception:
+            with self.lock:  # put it back: nothing is lost while the DB is away
+                for k, v in batch.items():
+                    self.pending[k] = self.pending.get(k, 0) + v
+            raise
+
+
+def _add_to_counter(key: str, day: dt.date, delta: int) -> None:
+    from gateway.models import DailyCounter
+
+    if DailyCounter.objects.filter(key=key, day=day).update(value=F("value") + delta):
+        return
+    try:
+        with transaction.atomic():
+            DailyCounter.objects.create(key=key, day=day, value=delta)
+    except IntegrityError:  # another process created it first
+        DailyCounter.objects.filter(key=key, day=day).update(value=F("value") + delta)
+
+
+def _durable_value(key: str, day: dt.date) -> int:
+    from gateway.models import DailyCounter
+
+    row = DailyCounter.objects.filter(key=key, day=day).values_list("value", flat=True).first()
+    return int(row or 0)
+
+
+ledger = Ledger()
+
+
+async def _seed(check: Check) -> None:
+    assert check.day is not None
+    value = await sync_to_async(_durable_value)(check.durable_key, check.day)
+    await store().seed(check.key, value + ledger.unflushed(check.durable_key, check.day), check.window_ms)
+
+
+# --- Admission ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Admission:
+    """A request admitted on a deployment: remembers what it consumed so it can be corrected later."""
+
+    member: str
+    checks: list[Check]
+    outcome: Outcome
+    estimated_tokens: int
+
+    def headers(self) -> dict[str, str]:
+        """x-ratelimit-* for the tightest request and token limits this request was counted against."""
+        out: dict[str, str] = {}
+        for unit in ("requests", "tokens"):
+            best = None
+            for i, c in enumerate(self.checks):
+                if c.limit.unit != unit:
+                    continue
+                remaining = max(c.limit.value - self.outcome.used[i] - c.cost, 0)
+                if best is None or remaining < best[0]:
+                    best = (remaining, c, self.outcome.resets_ms[i])
+            if best is not None:
+                remaining, c, reset_ms = best
+                reset_ms = reset_ms or (MINUTE_MS if c.limit.sliding else 0)
+                out[f"x-ratelimit-limit-{unit}"] = str(c.limit.value)
+                out[f"x-ratelimit-remaining-{unit}"] = str(remaining)
+                out[f"x-ratelimit-reset-{unit}"] = format_duration(reset_ms / 1000)
+        return out
+
+
+def format_duration(seconds: float) -> str:
+    """OpenAI's style: 1s, 6m0s, 2h3m4s."""
+    seconds = max(math.ceil(seconds), 0)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h{m}m{s}s"
+    if m:
+        return f"{m}m{s}s"
+    return f"{s}s"
+
+
+def cooldown_key(deployment_id: int) -> str:
+    return f"q:cool:{deployment_id}"
+
+
+async def try_admit(limits: list[Limit], deployment_id: int | None, tokens: int) -> Admission | Outcome:
+    """Check and consume every limit at once; returns an Admission, or the refusing Outcome."""
+    member = uuid.uuid4().hex
+    cool = cooldown_key(deployment_id) if deployment_id is not None else None
+    for _ in range(len(limits) + 1):
+        now = clock.now()
+        checks = build_checks(limits, 1, tokens, now)
+        try:
+            outcome = await store().acquire(checks, member, int(now * 1000), cool)
+        except Exception as e:
+            log.error("quota store unavailable: %s", type(e).__name__)
+            raise GatewayError(503, "The quota store is unavailable, so no request can be admitted safely. "
+                               "Try again shortly.", code="quota_store_unavailable",
+                               headers={"Retry-After": "5"}) from None
+        if outcome.missing is None:
+            break
+        await _seed(checks[outcome.missing])
+    if not outcome.admitted:
+        return outcome
+    for c in checks:
+        if c.day is not None:
+            ledger.add(c.durable_key, c.day, c.cost)
+    return Admission(member, checks, outcome, tokens)
+
+
+async def settle(admission: Admission, actual_tokens: int | None) -> None:
+    """Correct the token estimate with the real usage once the call is over."""
+    if actual_tokens is None:
+        return
+    delta = actual_tokens - admission.estimated_tokens
+    token_checks = [c for c in admission.checks if c.limit.unit == "tokens"]
+    if not delta or not token_checks:
+        return
+    await store().adjust(token_checks, admission.member, [delta] * len(token_checks))
+    for c in token_checks:
+        if c.day is not None:
+            ledger.add(c.durable_key, c.day, delta)
+
+
+async def park(deployment_id: int, seconds: float) -> None:
+    """Take a deployment out of rotation for a while (provider said 429, or it keeps failing)."""
+    now_ms = clock_ms()
+    await store().park(cooldown_key(deployment_id), now_ms + int(seconds * 1000), now_ms)
+
+
+def estimate_tokens(body: dict[str, Any]) -> int:
+    """Prompt size (about 4 characters a token) plus the completion budget the client allows."""
+    prompt = len(orjson.dumps(body.get("messages") or body.get("input") or "")) // 4 + 1
+    completion = body.get("max_completion_tokens") or body.get("max_tokens")
+    if not isinstance(completion, int) or isinstance(completion, bool):
+        completion = settings.QUOTA_DEFAULT_COMPLETION_TOKENS
+    return prompt + completion
+
+
+def usage_of(limits: list[Limit]) -> list[dict[str, Any]]:
+    """Used, remaining and reset time of each limit now (for the admin and /v1/quota)."""
+    now = clock.now()
+    checks = build_checks(limits, 0, 0, now)
+    states = store().used_sync(checks, int(now * 1000))
+    out = []
+    for c, (used, reset_ms) in zip(checks, states, strict=True):
+        if c.day is not None and used == 0:
+            used = _durable_value(c.durable_key, c.day) + ledger.unflushed(c.durable_key, c.day)
+        out.append(
+            {
+                "scope": c.limit.scope,
+                "limit_name": c.limit.name,
+                "limit": c.limit.value,
+                "unit": c.limit.unit,
+                "period": c.limit.period,
+                "used": used,
+                "remaining": max(c.limit.value - used, 0),
+                "resets_at": dt.datetime.fromtimestamp(now + max(reset_ms, 0) / 1000, dt.UTC).isoformat(
+                    timespec="seconds"
+                )
+                if reset_ms
+                else None,
+                "reset_timezone": c.limit.tz if c.day is not None else None,
+            }
+        )
+    return out
+
+
+def reset_daily_counters(keep_days: int = 7) -> int:
+    """Drop durable counters of windows long past (live windows roll over by themselves at midnight)."""
+    from gateway.models import DailyCounter
+
+    cutoff = dt.date.fromtimestamp(clock.now()) - dt.timedelta(days=keep_days + 31)
+    deleted, _ = DailyCounter.objects.filter(day__lt=cutoff).delete()
+    return deleted
