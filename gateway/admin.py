@@ -5,11 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
 
-from gateway.models import ConfigSetting, Deployment, Provider
+from gateway import catalog, copilot, quota, upstream
+from gateway.models import ConfigSetting, Deployment, Provider, ProviderKind, QuotaPool
 
 
 class ProviderForm(forms.ModelForm):
@@ -23,7 +29,7 @@ class ProviderForm(forms.ModelForm):
 
     class Meta:
         model = Provider
-        fields = ["name", "kind", "api_base", "enabled", "extra"]
+        fields = ["name", "kind", "api_base", "reset_timezone", "enabled", "extra"]
 
     def save(self, commit: bool = True) -> Provider:
         provider: Provider = super().save(commit=False)
@@ -31,6 +37,8 @@ class ProviderForm(forms.ModelForm):
             provider.set_secret("")
         elif self.cleaned_data.get("api_key"):
             provider.set_secret(self.cleaned_data["api_key"].strip())
+        if "enabled" in self.changed_data:
+            provider.awaiting_credential = False  # the operator decided; load_catalog no longer enables it
         if commit:
             provider.save()
         return provider
@@ -51,9 +59,56 @@ class ProviderAdmin(admin.ModelAdmin[Provider]):
     search_fields = ["name", "api_base"]
     inlines = [DeploymentInline]
     actions = ["enable", "disable"]
+    readonly_fields = ["copilot_login"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Provider]:
         return super().get_queryset(request).annotate(n_deployments=Count("deployments"))
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view  # staff only, CSRF-protected, never cached
+        return [
+            path("<int:provider_id>/copilot/", view(self.copilot_view), name="gateway_provider_copilot"),
+            path("<int:provider_id>/copilot/poll/", view(self.copilot_poll), name="gateway_provider_copilot_poll"),
+            *super().get_urls(),
+        ]
+
+    @admin.display(description="GitHub Copilot")
+    def copilot_login(self, obj: Provider | None) -> str:
+        if obj is None or obj.pk is None or obj.kind != ProviderKind.GITHUB_COPILOT:
+            return "—"
+        url = reverse("admin:gateway_provider_copilot", args=[obj.pk])
+        return format_html('<a href="{}">Connect GitHub Copilot</a> (login, seat and quota)', url)
+
+    def _copilot_provider(self, request: HttpRequest, provider_id: int) -> Provider:
+        provider = get_object_or_404(Provider, pk=provider_id, kind=ProviderKind.GITHUB_COPILOT)
+        if not self.has_change_permission(request, provider):
+            raise PermissionDenied
+        return provider
+
+    def copilot_view(self, request: HttpRequest, provider_id: int) -> HttpResponse:
+        provider = self._copilot_provider(request, provider_id)
+        if request.method == "POST":
+            ok, message = copilot.handle_action(provider, request.POST.get("action", ""))
+            self.message_user(request, message, messages.SUCCESS if ok else messages.ERROR)
+            return redirect(request.path)
+        context = {
+            **self.admin_site.each_context(request),
+            **copilot.page_context(provider),
+            "opts": self.opts,
+            "title": f"Connect GitHub Copilot: {provider.name}",
+            "poll_url": reverse("admin:gateway_provider_copilot_poll", args=[provider.pk]),
+        }
+        return TemplateResponse(request, "admin/gateway/copilot_connect.html", context)
+
+    def copilot_poll(self, request: HttpRequest, provider_id: int) -> JsonResponse:
+        """The page's JavaScript asks here until GitHub says the user entered the code."""
+        provider = self._copilot_provider(request, provider_id)
+        if request.method != "POST":
+            return JsonResponse({"status": "error", "message": "Use POST."}, status=405)
+        try:
+            return JsonResponse(copilot.poll_connect(provider))
+        except copilot.GitHubError as e:
+            return JsonResponse({"status": "error", "message": f"GitHub: {e}"}, status=502)
 
     @admin.display(description="credential")
     def credential(self, obj: Provider) -> str:
@@ -66,28 +121,37 @@ class ProviderAdmin(admin.ModelAdmin[Provider]):
     @admin.action(description="Enable selected providers")
     def enable(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
         for provider in queryset:
-            provider.enabled = True
-            provider.save(update_fields=["enabled", "updated"])
+            provider.set_enabled_by_operator(True)
 
     @admin.action(description="Disable selected providers")
     def disable(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
         for provider in queryset:
-            provider.enabled = False
-            provider.save(update_fields=["enabled", "updated"])
+            provider.set_enabled_by_operator(False)
 
 
 @admin.register(Deployment)
 class DeploymentAdmin(admin.ModelAdmin[Deployment]):
-    list_display = ["public_name", "provider", "upstream_model", "rpm", "tpm", "rpd", "priority", "enabled"]
+    list_display = ["public_name", "provider", "upstream_model", "limits", "usage_today", "priority", "enabled"]
     list_filter = ["enabled", "provider__kind", "provider"]
-    list_select_related = ["provider"]
+    list_select_related = ["provider", "pool"]
     search_fields = ["public_name", "upstream_model"]
-    actions = ["enable", "disable"]
+    actions = ["enable", "disable", "test_call"]
     fieldsets = [
         (None, {"fields": ["public_name", "provider", "upstream_model", "priority", "enabled"]}),
-        ("Limits", {"fields": ["rpm", "tpm", "rpd"]}),
+        ("Limits", {"fields": ["rpm", "tpm", "rpd", "tpd", "pool", "max_wait_seconds"]}),
         ("Advanced", {"classes": ["collapse"], "fields": ["litellm_params", "model_info", "extra"]}),
     ]
+
+    @admin.display(description="limits")
+    def limits(self, obj: Deployment) -> str:
+        parts = [f"{getattr(obj, n)} {n.upper()}" for n in ("rpm", "tpm", "rpd", "tpd") if getattr(obj, n) is not None]
+        if obj.pool is not None:
+            parts.append(f"pool {obj.pool.name}")
+        return ", ".join(parts) or "—"
+
+    @admin.display(description="used now / today")
+    def usage_today(self, obj: Deployment) -> str:
+        return quota_summary(catalog.deployment_limits(obj))
 
     @admin.action(description="Enable selected models")
     def enable(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
@@ -100,6 +164,44 @@ class DeploymentAdmin(admin.ModelAdmin[Deployment]):
         for deployment in queryset:
             deployment.enabled = False
             deployment.save(update_fields=["enabled", "updated"])
+
+    # Spends a request of the provider's quota: for those who may change models, not mere viewers.
+    @admin.action(description="Test: send a one-token request", permissions=["change"])
+    def test_call(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        deployments = list(queryset.select_related("provider", "pool"))
+        results = upstream.probe_all([catalog.route_for(d) for d in deployments])
+        for deployment, result in zip(deployments, results, strict=True):
+            if result.ok:
+                self.message_user(request, f"{deployment}: answered in {result.latency_ms:.0f} ms.", messages.SUCCESS)
+            else:
+                text = f"{deployment}: failed after {result.latency_ms:.0f} ms: {result.message}"
+                self.message_user(request, text, messages.ERROR)
+
+
+def quota_summary(limits: Any) -> str:
+    """"3/10 RPM · 41/50 RPD (resets 07:00 UTC)" — used against each limit, from the live counters."""
+    parts = []
+    for state in quota.usage_of(list(limits)):
+        text = f"{state['used']}/{state['limit']} {state['limit_name'].upper()}"
+        if state["period"] != "minute" and state["resets_at"]:
+            text += f" (resets {state['resets_at'][11:16]} UTC)"
+        parts.append(text)
+    return " · ".join(parts) or "—"
+
+
+@admin.register(QuotaPool)
+class QuotaPoolAdmin(admin.ModelAdmin[QuotaPool]):
+    list_display = ["name", "rpm", "tpm", "rpd", "tpd", "reset_timezone", "usage_today"]
+
+    @admin.display(description="used now / today")
+    def usage_today(self, obj: QuotaPool) -> str:
+        from gateway.quota import Limit
+
+        return quota_summary(
+            Limit("pool", obj.name, "", n, getattr(obj, n), obj.reset_timezone)
+            for n in ("rpm", "tpm", "rpd", "tpd")
+            if getattr(obj, n) is not None
+        )
 
 
 @admin.register(ConfigSetting)

@@ -629,6 +629,33 @@ def usage_of(limits: list[Limit]) -> list[dict[str, Any]]:
     return out
 
 
+def key_limits(principal: Any, model: str) -> list[Limit]:
+    """The calling key's own limits for this model (key-wide and per-model); none for the master key."""
+    if principal is None or principal.is_master or principal.key_id is None:
+        return []
+    tz = settings.KEY_QUOTA_TIMEZONE
+    out = _limits_of(principal.limits, "key", str(principal.key_id), "your API key", tz)
+    if model in principal.model_limits:
+        label = f"your API key for model '{model}'"
+        out += _limits_of(principal.model_limits[model], "key-model", f"{principal.key_id}:{model}", label, tz)
+    return out
+
+
+def _limits_of(limits: Any, scope: str, scope_id: str, label: str, tz: str) -> list[Limit]:
+    pairs = [("rpm", limits.rpm), ("rpd", limits.rpd), ("tpd", limits.tokens_per_day),
+             ("tokens_per_month", limits.tokens_per_month)]
+    return [Limit(scope, scope_id, label, name, value, tz) for name, value in pairs if value is not None]
+
+
+def key_status(principal: Any, models: list[str] | None = None) -> list[dict[str, Any]]:
+    """Per model the key may use: its remaining requests/tokens and when they reset (sync; for pages)."""
+    from gateway import catalog
+
+    snapshot = catalog.get_sync()
+    names = models if models is not None else [n for n in snapshot.names() if principal.may_use(n)]
+    return [{"model": name, "limits": usage_of(key_limits(principal, name))} for name in names]
+
+
 def reset_daily_counters(keep_days: int = 7) -> int:
     """Drop durable counters of windows long past (live windows roll over by themselves at midnight)."""
     from gateway.models import DailyCounter

@@ -21,7 +21,6 @@ from typing import Any
 from django.conf import settings
 
 from gateway import catalog, clock, quota
-from gateway.auth import Principal
 from gateway.calls import Call
 from gateway.catalog import Route
 from gateway.errors import GatewayError
@@ -34,24 +33,6 @@ log = logging.getLogger(__name__)
 _failures: dict[int, int] = {}
 # Per public model: requests waiting for a slot queue here, in arrival order.
 _gates: dict[str, asyncio.Lock] = {}
-
-
-def key_limits(principal: Principal | None, model: str) -> list[Limit]:
-    """The calling key's own limits for this model; none for the master key."""
-    if principal is None or principal.is_master or principal.key_id is None:
-        return []
-    tz = settings.KEY_QUOTA_TIMEZONE
-    out = _limits_of(principal.limits, "key", str(principal.key_id), "your API key", tz)
-    if model in principal.model_limits:
-        label = f"your API key for model '{model}'"
-        out += _limits_of(principal.model_limits[model], "key-model", f"{principal.key_id}:{model}", label, tz)
-    return out
-
-
-def _limits_of(limits: Any, scope: str, scope_id: str, label: str, tz: str) -> list[Limit]:
-    pairs = [("rpm", limits.rpm), ("rpd", limits.rpd), ("tpd", limits.tokens_per_day),
-             ("tokens_per_month", limits.tokens_per_month)]
-    return [Limit(scope, scope_id, label, name, value, tz) for name, value in pairs if value is not None]
 
 
 def quota_error(refusal: Outcome, model: str) -> GatewayError:
@@ -123,7 +104,7 @@ async def candidates(routes: tuple[Route, ...], body: dict[str, Any], call: Call
     """Yield admitted deployments in order; raise the 429 when none has room (after waiting, if allowed)."""
     ordered = await _ordered_routes(routes, call)
     tokens = quota.estimate_tokens(body)
-    plimits = key_limits(call.principal, call.model)
+    plimits = quota.key_limits(call.principal, call.model)
     max_wait = max((r.max_wait_seconds for r in routes), default=0.0)
     deadline = clock.now() + max_wait
     tried: set[int] = set()

@@ -282,7 +282,7 @@ def _quota_report(principal: Principal, snapshot: catalog.Snapshot, names: list[
             {"deployment": route.id, "provider": route.provider_name, "limits": quota.usage_of(list(route.limits))}
             for route in snapshot.routes(name)
         ]
-        key = quota.usage_of(router.key_limits(principal, name))
+        key = quota.usage_of(quota.key_limits(principal, name))
         out.append({"model": name, "key_limits": key, "deployments": deployments})
     return out
 
