@@ -12,6 +12,19 @@ from gateway.errors import GatewayError
 
 
 @dataclass(frozen=True)
+class KeyLimits:
+    """A key's own quota (None = unlimited); enforced by gateway.quota, never for the master key."""
+
+    rpm: int | None = None
+    rpd: int | None = None
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+
+    def any(self) -> bool:
+        return any(v is not None for v in (self.rpm, self.rpd, self.tokens_per_day, self.tokens_per_month))
+
+
+@dataclass(frozen=True)
 class Principal:
     is_master: bool
     key_id: int | None = None
@@ -20,6 +33,13 @@ class Principal:
     username: str = ""
     # Empty means every enabled model.
     allowed_models: frozenset[str] = field(default_factory=frozenset)
+    limits: KeyLimits = field(default_factory=KeyLimits)
+    # Per public model name, overriding `limits` for that model.
+    model_limits: dict[str, KeyLimits] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def limits_for(self, public_name: str) -> KeyLimits:
+        return self.model_limits.get(public_name, self.limits)
 
     def may_use(self, public_name: str) -> bool:
         return self.is_master or not self.allowed_models or public_name in self.allowed_models
@@ -48,4 +68,10 @@ async def authenticate(request: HttpRequest) -> Principal:
         )
     if hmac.compare_digest(token.encode(), settings.MASTER_KEY.encode()):
         return MASTER
-    raise invalid_key()
+    # Imported here: accounts builds on this module's Principal.
+    from accounts.keys import resolve_token
+
+    principal = await resolve_token(token)
+    if principal is None:
+        raise invalid_key("Invalid API key: unknown, revoked or expired.")
+    return principal

@@ -99,34 +99,35 @@ class LiteLLMUpstream:
             kwargs = await copilot.call_kwargs(route, body, kwargs)
         return kwargs
 
-    async def _failed(self, exc: Exception, route: Route) -> UpstreamError:
-        error = translate_error(exc, route)
-        if route.kind == "github_copilot" and error.upstream_status == 401:
+    async def _acompletion(self, route: Route, body: dict[str, Any], **extra: Any) -> Any:
+        litellm = _litellm()
+        for attempt in (1, 2):
+            kwargs = {**await self._call_kwargs(route, body), **extra}
+            try:
+                return await litellm.acompletion(**kwargs)
+            except Exception as e:
+                error = translate_error(e, route)
+            if route.kind != "github_copilot" or error.upstream_status != 401:
+                raise error
+            # Copilot rejected its short-lived token before expires_at: drop it and try once more with a
+            # fresh exchange (which says "reconnect" if the GitHub login itself was revoked).
             from gateway import copilot
 
-            await copilot.aforget(route.provider_id)  # the next call exchanges a fresh Copilot token
-        return error
+            await copilot.aforget(route.provider_id)
+            if attempt == 2:
+                raise copilot.token_rejected(route, error)
+        raise AssertionError("unreachable")
 
     async def complete(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
-        litellm = _litellm()
-        kwargs = await self._call_kwargs(route, body)
-        try:
-            response = await litellm.acompletion(**kwargs)
-        except Exception as e:
-            raise await self._failed(e, route) from None
+        response = await self._acompletion(route, body)
         result: dict[str, Any] = response.model_dump(exclude_none=True)
         return result
 
     async def stream(self, route: Route, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        litellm = _litellm()
-        kwargs = await self._call_kwargs(route, body)
         # Always ask for usage so it can be recorded; the view drops the usage
         # chunk when the client did not ask for it.
-        kwargs["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        try:
-            response = await litellm.acompletion(stream=True, **kwargs)
-        except Exception as e:
-            raise await self._failed(e, route) from None
+        stream_options = {**(body.get("stream_options") or {}), "include_usage": True}
+        response = await self._acompletion(route, body, stream=True, stream_options=stream_options)
         try:
             async for chunk in response:
                 yield chunk.model_dump(exclude_none=True)
@@ -199,7 +200,13 @@ def _clean(message: str) -> str:
 
 def _headers(exc: Exception) -> dict[str, str]:
     response = getattr(exc, "response", None)
-    raw = getattr(response, "headers", None) or getattr(exc, "headers", None) or {}
+    # LiteLLM's OpenRouter errors carry an empty response; the provider's headers are kept on the exception.
+    raw = (
+        getattr(response, "headers", None)
+        or getattr(exc, "headers", None)
+        or getattr(exc, "litellm_response_headers", None)
+        or {}
+    )
     try:
         return {str(k).lower(): str(v) for k, v in raw.items()}
     except AttributeError:

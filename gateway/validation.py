@@ -12,6 +12,7 @@ from django.http import HttpRequest
 from django.http.request import RawPostDataException
 
 from gateway.errors import GatewayError, bad_request
+from gateway.media import Image, iter_images, parse_image
 
 
 def json_body(request: HttpRequest) -> dict[str, Any]:
@@ -79,6 +80,7 @@ class ChatRequest:
     model: str
     stream: bool
     include_usage: bool
+    images: tuple[Image, ...] = ()
 
 
 def _check_messages(messages: list[Any]) -> None:
@@ -127,4 +129,73 @@ def parse_chat(body: dict[str, Any]) -> ChatRequest:
     expect(body, "tools", (list,), "an array")
     expect(body, "user", (str,), "a string")
     expect(body, "metadata", (dict,), "an object")
-    return ChatRequest(model=model, stream=stream, include_usage=include_usage)
+    images = tuple(parse_image(value, where) for where, value in iter_images(body["messages"]))
+    return ChatRequest(model=model, stream=stream, include_usage=include_usage, images=images)
+
+
+@dataclass(frozen=True)
+class SpeechRequest:
+    model: str
+    input: str
+    voice: str
+    response_format: str
+
+
+# What OpenAI's /v1/audio/speech accepts; which of them a deployment can produce is checked when it is chosen.
+SPEECH_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
+MAX_SPEECH_INPUT = 4096  # characters, as OpenAI
+
+
+def parse_speech(body: dict[str, Any]) -> SpeechRequest:
+    model = expect(body, "model", (str,), "a string", required=True)
+    text = expect(body, "input", (str,), "a string", required=True)
+    if not text.strip():
+        raise bad_request("'input' must not be empty.", param="input", code="invalid_value")
+    if len(text) > MAX_SPEECH_INPUT:
+        raise bad_request(f"'input' is longer than {MAX_SPEECH_INPUT} characters.", param="input",
+                          code="invalid_value")
+    voice = expect(body, "voice", (str,), "a string", required=True)
+    fmt = expect(body, "response_format", (str,), "a string") or "wav"
+    if fmt not in SPEECH_FORMATS:
+        raise bad_request(f"Invalid value for 'response_format': {fmt!r}; supported values are "
+                          f"{', '.join(SPEECH_FORMATS)}.", param="response_format", code="invalid_value")
+    speed = expect(body, "speed", (int, float), "a number")
+    if speed is not None and speed != 1:
+        raise bad_request("'speed' is not supported: the speech models here speak at their own pace; leave it "
+                          "out or send 1.0.", param="speed", code="unsupported_parameter")
+    for name in ("instructions", "stream_format"):
+        if body.get(name) not in (None, "", "audio"):
+            raise bad_request(f"'{name}' is not supported by the speech models here.", param=name,
+                              code="unsupported_parameter")
+    return SpeechRequest(model=model, input=text, voice=voice, response_format=fmt)
+
+
+@dataclass(frozen=True)
+class EmbeddingsRequest:
+    model: str
+    base64: bool
+
+
+def _check_embedding_input(value: Any) -> None:
+    ok = isinstance(value, str) and value != ""
+    if isinstance(value, list) and value:
+        kinds = {type(item) for item in value}
+        ok = (kinds == {str} and all(value)) or kinds == {int} or (
+            kinds == {list} and all(item and all(type(t) is int for t in item) for item in value)
+        )
+    if not ok:
+        raise bad_request("Invalid 'input': send a non-empty string, an array of non-empty strings, an array of "
+                          "token ids, or an array of token-id arrays.", param="input", code="invalid_value")
+
+
+def parse_embeddings(body: dict[str, Any]) -> EmbeddingsRequest:
+    model = expect(body, "model", (str,), "a string", required=True)
+    _check_embedding_input(expect(body, "input", (str, list), "a string or an array", required=True))
+    encoding = expect(body, "encoding_format", (str,), "a string") or "float"
+    if encoding not in ("float", "base64"):
+        raise bad_request(f"Invalid value for 'encoding_format': {encoding!r}; use 'float' or 'base64'.",
+                          param="encoding_format", code="invalid_value")
+    expect(body, "dimensions", (int,), "an integer")
+    _check_range(body, "dimensions", 1, None)
+    expect(body, "user", (str,), "a string")
+    return EmbeddingsRequest(model=model, base64=encoding == "base64")

@@ -1,4 +1,8 @@
-"""The Celery app: configured from Django settings (CELERY_*), tasks found in each app."""
+"""The Celery app: configured from Django settings (CELERY_*), tasks found in each app.
+
+Worker and beat: `celery -A portal worker -B` (embedded) or separate `celery -A portal worker` and
+`celery -A portal beat` processes; the broker is REDIS_URL when set, else files under ./data/celery.
+"""
 
 import os
 

@@ -58,7 +58,7 @@ _ERROR_KINDS: dict[int, tuple[str, str | None]] = {
     422: ("invalid_request_error", None),
     429: ("rate_limit_error", "rate_limit_exceeded"),
 }
-# A body that starts like a completion but is cut off: invalid JSON that still "looks" plausible to a sniffing client.
+# Bodies that start like a real completion/chunk but are cut off, so clients fail in their JSON parser.
 _MALFORMED_JSON = b'{"id": "chatcmpl-mock-broken", "object": "chat.completion", "choices": [{"message": '
 _MALFORMED_SSE = b'data: {"id": "chatcmpl-mock-broken", "choices": [{"delta": \n\n'
 _DONE_EVENT = b"data: [DONE]\n\n"
@@ -75,8 +75,9 @@ class Behaviour:
     """How the mock answers chat/embedding requests. Assign a fresh instance to change behaviour mid-test.
 
     The failure modes (``status >= 400``, ``malformed``, ``disconnect_after_chunks``) apply to every request, or only
-    to the first ``fail_times`` requests served with this instance (after which it answers normally).
-    ``headers`` are added to every response, successful or not; ``latency`` applies to every response too.
+    to the first ``fail_times`` requests served with this instance (after which it answers normally); a ``status``
+    below 400 is ignored (successes are always 200). ``headers`` and ``latency`` apply to every chat/embeddings
+    response, successful or not. ``/models`` ignores behaviours, so discovery and health checks keep working.
     """
 
     status: int = 200
@@ -474,10 +475,11 @@ class MockUpstream:
         self.models = list(models)
         self.record = record  # benchmarks turn this off so memory stays flat over millions of requests
         self.requests: list[RecordedRequest] = []
+        # Responses (streams, or non-stream requests still in ``latency``) whose client left before the end.
         self.disconnects = 0
-        self.disconnected = threading.Event()
+        self.disconnected = threading.Event()  # set on the first such disconnect; a plain Event so sync tests can wait
         self.active_streams = 0
-        self.connections = 0
+        self.connections = 0  # accepted TCP connections: lets tests assert keep-alive reuse
         self._model_behaviours: dict[str, Behaviour] = {}
         self._ids = itertools.count(1)
         self._server: asyncio.Server | None = None

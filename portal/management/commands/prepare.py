@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
-    help = "Migrate, collect static files, import PORTAL_CONFIG and create the UI_USERNAME admin."
+    help = "Migrate, collect static, import PORTAL_CONFIG, load the built-in catalog, create the UI_USERNAME admin."
 
     def handle(self, *args: Any, **options: Any) -> None:
         call_command("migrate", interactive=False, verbosity=0)
@@ -21,6 +21,8 @@ class Command(BaseCommand):
         config = Path(settings.PORTAL_CONFIG)
         if config.is_file():
             call_command("import_litellm_config", str(config))
+        # After the import, so the user's own config.yaml wins for the names both define.
+        call_command("load_catalog")
         self.bootstrap_admin()
 
     def bootstrap_admin(self) -> None:

@@ -1,0 +1,151 @@
+"""The operators' view of users and their keys. The secret is never shown; a new key's plaintext once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin
+from django.db.models import Count, Q, QuerySet
+from django.forms import ModelForm
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.html import format_html
+
+from accounts.forms import ApiKeyAdminForm, KeyPolicyForm
+from accounts.models import ApiKey, ApiKeyModelLimit, KeyPolicy
+
+User = get_user_model()
+
+
+class StatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("active", "active"), ("revoked", "revoked"), ("expired", "expired")]
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        if self.value() == "active":
+            return queryset.active()
+        if self.value() == "revoked":
+            return queryset.revoked()
+        if self.value() == "expired":
+            return queryset.expired()
+        return queryset
+
+
+class ModelLimitInline(admin.TabularInline):
+    model = ApiKeyModelLimit
+    extra = 0
+    fields = ["public_model", "rpm", "rpd", "tokens_per_day", "tokens_per_month"]
+    verbose_name_plural = "per-model limits (blank fields inherit the key's)"
+
+
+STATUS_COLOURS = {"active": "#1a7f37", "revoked": "#b42318", "expired": "#8a6d00"}
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
+    form = ApiKeyAdminForm
+    list_display = ["name", "owner", "key_prefix", "status_badge", "created", "expires", "last_used", "models"]
+    list_filter = [StatusFilter, "created", "expires", "last_used"]
+    list_select_related = ["owner"]
+    search_fields = ["name", "prefix", "owner__username", "owner__email"]
+    autocomplete_fields = ["owner"]
+    readonly_fields = ["key_prefix", "status_badge", "created", "last_used", "revoked_at"]
+    inlines = [ModelLimitInline]
+    actions = ["revoke", "extend_30_days"]
+    date_hierarchy = "created"
+    fieldsets = [
+        (None, {"fields": ["owner", "name", "key_prefix", "status_badge", "expires", "allowed_models"]}),
+        ("Limits", {"fields": ["rpm", "rpd", "tokens_per_day", "tokens_per_month"]}),
+        ("Metadata", {"fields": ["tags", "created", "last_used", "revoked_at"]}),
+    ]
+
+    def get_fieldsets(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
+        if obj is None:  # nothing to show read-only before the key exists
+            return [
+                (None, {"fields": ["owner", "name", "expires", "allowed_models"]}),
+                ("Limits", {"fields": ["rpm", "rpd", "tokens_per_day", "tokens_per_month"]}),
+                ("Metadata", {"fields": ["tags"]}),
+            ]
+        return self.fieldsets
+
+    def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
+        # A key stays with the user it was issued to.
+        return [*self.readonly_fields, "owner"] if obj is not None else self.readonly_fields
+
+    @admin.display(description="key", ordering="prefix")
+    def key_prefix(self, obj: ApiKey) -> str:
+        return obj.display_prefix if obj.prefix else "—"
+
+    @admin.display(description="status")
+    def status_badge(self, obj: ApiKey) -> str:
+        state = obj.status
+        return format_html('<strong style="color:{}">{}</strong>', STATUS_COLOURS[state], state)
+
+    @admin.display(description="models")
+    def models(self, obj: ApiKey) -> str:
+        return ", ".join(obj.allowed_models) if obj.allowed_models else "all"
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: ModelForm, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        token = obj.generate()
+        super().save_model(request, obj, form, change)
+        obj.log_created(request.user)
+        messages.warning(
+            request,
+            format_html(
+                "Key created. Copy it now, it will not be shown again: <code>{}</code>",
+                token,
+            ),
+        )
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        count = queryset.revoke(actor=request.user)  # type: ignore[attr-defined]
+        self.message_user(request, f"{count} key(s) revoked.")
+
+    @admin.action(description="Extend expiry by 30 days")
+    def extend_30_days(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        extended = sum(key.extend(30, actor=request.user) for key in queryset)
+        skipped = queryset.count() - extended
+        note = f" {skipped} skipped (revoked, or never expire)." if skipped else ""
+        self.message_user(request, f"{extended} key(s) extended by 30 days.{note}")
+
+
+class KeyPolicyInline(admin.StackedInline):
+    model = KeyPolicy
+    form = KeyPolicyForm
+    can_delete = True
+    extra = 0
+    max_num = 1
+    verbose_name = verbose_name_plural = "API key policy (self-service)"
+    fieldsets = [
+        (None, {"fields": ["max_keys", "allowed_models"]}),
+        ("Limits given to keys this user creates", {"fields": ["rpm", "rpd", "tokens_per_day", "tokens_per_month"]}),
+    ]
+
+
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class PortalUserAdmin(UserAdmin):
+    inlines = [KeyPolicyInline]
+    list_display = ["username", "email", "is_staff", "is_active", "active_keys", "last_login"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        now = timezone.now()
+        active = Q(api_keys__revoked_at__isnull=True) & (Q(api_keys__expires__isnull=True) |
+                                                         Q(api_keys__expires__gt=now))
+        return super().get_queryset(request).annotate(n_active_keys=Count("api_keys", filter=active))
+
+    @admin.display(description="active keys", ordering="n_active_keys")
+    def active_keys(self, obj: Any) -> int:
+        return int(obj.n_active_keys)
+

@@ -1,0 +1,243 @@
+"""The operators' management REST API: users' keys and usage. Master key (Bearer) or a staff session."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AnonymousUser
+from django.db import transaction
+from django.db.models import Count, Max, Q, QuerySet
+from django.utils import timezone
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.authentication import BaseAuthentication, SessionAuthentication
+from rest_framework.decorators import action
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.pagination import LimitOffsetPagination
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from accounts.models import SELF_SERVE_PERMISSION, ApiKey, ApiKeyModelLimit
+from gateway.auth import KeyLimits, token_from
+
+User = get_user_model()
+LIMIT_FIELDS = ["rpm", "rpd", "tokens_per_day", "tokens_per_month"]
+
+
+class MasterKey:
+    """request.auth when the caller presented the master key."""
+
+    username = "master key"
+
+
+class MasterKeyAuthentication(BaseAuthentication):
+    def authenticate(self, request: Request) -> tuple[AnonymousUser, MasterKey] | None:
+        token = token_from(request._request)
+        if not token:
+            return None
+        if hmac.compare_digest(token.encode(), settings.MASTER_KEY.encode()):
+            return AnonymousUser(), MasterKey()
+        raise AuthenticationFailed("Invalid key: the management API takes the master key.")
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'
+
+
+class MasterKeyScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
+    target_class = MasterKeyAuthentication
+    name = "masterKey"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {"type": "http", "scheme": "bearer", "description": "LITELLM_MASTER_KEY"}
+
+
+class IsOperator(BasePermission):
+    message = "Operators only: use the master key or log in as a staff user."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        if isinstance(request.auth, MasterKey):
+            return True
+        user = request.user
+        return bool(user and user.is_authenticated and user.is_active and user.is_staff)
+
+
+def actor(request: Request) -> Any:
+    return request.auth.username if isinstance(request.auth, MasterKey) else request.user
+
+
+class OperatorAPI:
+    authentication_classes = [MasterKeyAuthentication, SessionAuthentication]
+    permission_classes = [IsOperator]
+    pagination_class = LimitOffsetPagination
+
+
+class ModelLimitSerializer(serializers.ModelSerializer):
+    model = serializers.CharField(source="public_model", max_length=200)
+
+    class Meta:
+        model = ApiKeyModelLimit
+        fields = ["model", *LIMIT_FIELDS]
+
+
+class ApiKeySerializer(serializers.ModelSerializer):
+    owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    status = serializers.CharField(read_only=True)
+    model_limits = ModelLimitSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = ApiKey
+        fields = ["id", "name", "owner", "prefix", "status", "created", "expires", "revoked_at", "last_used",
+                  "allowed_models", *LIMIT_FIELDS, "model_limits", "tags"]
+        read_only_fields = fields
+
+
+class ApiKeyCreatedSerializer(ApiKeySerializer):
+    key = serializers.CharField(read_only=True, help_text="The key itself. Shown in this response only.")
+
+    class Meta(ApiKeySerializer.Meta):
+        fields = [*ApiKeySerializer.Meta.fields, "key"]
+        read_only_fields = fields
+
+
+def known_models() -> set[str]:
+    from gateway.models import Deployment
+
+    return set(Deployment.objects.values_list("public_name", flat=True))
+
+
+class CreateApiKeySerializer(serializers.Serializer):
+    owner = serializers.SlugRelatedField(slug_field="username", queryset=User.objects.all())
+    name = serializers.CharField(max_length=100)
+    expires = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    allowed_models = serializers.ListField(child=serializers.CharField(max_length=200), required=False, default=list)
+    rpm = serializers.IntegerField(min_value=0, required=False, allow_null=True, default=None)
+    rpd = serializers.IntegerField(min_value=0, required=False, allow_null=True, default=None)
+    tokens_per_day = serializers.IntegerField(min_value=0, required=False, allow_null=True, default=None)
+    tokens_per_month = serializers.IntegerField(min_value=0, required=False, allow_null=True, default=None)
+    model_limits = ModelLimitSerializer(many=True, required=False, default=list)
+    tags = serializers.DictField(child=serializers.CharField(max_length=200), required=False, default=dict)
+
+    def validate_expires(self, value: Any) -> Any:
+        if value is not None and value <= timezone.now():
+            raise serializers.ValidationError("Must be in the future.")
+        return value
+
+    def validate_allowed_models(self, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - known_models())
+        if unknown:
+            raise serializers.ValidationError(f"Unknown models: {', '.join(unknown)}.")
+        return value
+
+    def validate_model_limits(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        names = [row["public_model"] for row in value]
+        if len(names) != len(set(names)):
+            raise serializers.ValidationError("One row per model.")
+        unknown = sorted(set(names) - known_models())
+        if unknown:
+            raise serializers.ValidationError(f"Unknown models: {', '.join(unknown)}.")
+        return value
+
+    def issue(self, by: Any) -> tuple[ApiKey, str]:
+        data = self.validated_data
+        with transaction.atomic():
+            key, token = ApiKey.objects.issue(
+                data["owner"],
+                data["name"],
+                expires=data["expires"],
+                allowed_models=data["allowed_models"],
+                limits=KeyLimits(**{f: data[f] for f in LIMIT_FIELDS}),
+                tags=data["tags"],
+                actor=by,
+            )
+            for row in data["model_limits"]:
+                ApiKeyModelLimit.objects.create(key=key, **row)
+        return key, token
+
+
+@extend_schema(tags=["keys"])
+class ApiKeyViewSet(OperatorAPI, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Every user's API keys. The secret is never returned, except once by create."""
+
+    serializer_class = ApiKeySerializer
+
+    def get_queryset(self) -> QuerySet[ApiKey]:
+        keys = ApiKey.objects.select_related("owner").prefetch_related("model_limits").order_by("-created", "-id")
+        params = self.request.query_params
+        if owner := params.get("owner"):
+            keys = keys.filter(owner__username=owner)
+        state = params.get("status")
+        if state == "active":
+            keys = keys.active()
+        elif state == "revoked":
+            keys = keys.revoked()
+        elif state == "expired":
+            keys = keys.expired()
+        return keys
+
+    @extend_schema(parameters=[
+        OpenApiParameter("owner", str, description="Only this user's keys (username)."),
+        OpenApiParameter("status", str, enum=["active", "revoked", "expired"]),
+    ])
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(request=CreateApiKeySerializer, responses={201: ApiKeyCreatedSerializer})
+    def create(self, request: Request) -> Response:
+        form = CreateApiKeySerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        key, token = form.issue(actor(request))
+        key = self.get_queryset().get(pk=key.pk)
+        data = {**ApiKeySerializer(key).data, "key": token}
+        return Response(data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={200: ApiKeySerializer})
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: str) -> Response:
+        """Revoke the key (it stops working on /v1 within a second). Revoking twice is harmless."""
+        key = self.get_object()
+        key.revoke(actor(request))
+        return Response(ApiKeySerializer(key).data)
+
+
+class UserUsageSerializer(serializers.ModelSerializer):
+    keys = serializers.IntegerField(source="n_keys", read_only=True)
+    active_keys = serializers.IntegerField(source="n_active_keys", read_only=True)
+    last_used = serializers.DateTimeField(read_only=True)
+    may_self_serve = serializers.SerializerMethodField()
+
+    class Meta:
+        model = User
+        fields = ["id", "username", "is_active", "is_staff", "may_self_serve", "keys", "active_keys", "last_used"]
+        read_only_fields = fields
+
+    def get_may_self_serve(self, user: Any) -> bool:
+        return user.pk in self.context["self_servers"]
+
+
+@extend_schema(tags=["users"])
+class UserUsageViewSet(OperatorAPI, mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Users with their key counts and when a key of theirs was last used."""
+
+    serializer_class = UserUsageSerializer
+
+    def get_queryset(self) -> QuerySet[Any]:
+        now = timezone.now()
+        active = Q(api_keys__revoked_at__isnull=True) & (
+            Q(api_keys__expires__isnull=True) | Q(api_keys__expires__gt=now)
+        )
+        return User.objects.order_by("username").annotate(
+            n_keys=Count("api_keys", distinct=True),
+            n_active_keys=Count("api_keys", filter=active, distinct=True),
+            last_used=Max("api_keys__last_used"),
+        )
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        # One query for everyone, rather than has_perm() per user.
+        ids = set(User.objects.with_perm(SELF_SERVE_PERMISSION).values_list("pk", flat=True))  # type: ignore[attr-defined]
+        return {**super().get_serializer_context(), "self_servers": ids}
+

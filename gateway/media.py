@@ -1,0 +1,215 @@
+"""Images, speech and embeddings: the checks and conversions around the calls that are not plain chat.
+
+Images: the portal never downloads an image itself. An https URL is passed on for the provider to fetch,
+a data: URL travels inline. URLs naming a loopback, private or link-local address are refused outright,
+and so are URLs that LiteLLM would download on our side for the chosen provider (Gemini and Anthropic
+for some URLs): that download would be synchronous, on the event loop, from our network.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import re
+import socket
+import wave
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.catalog import Route
+from gateway.errors import GatewayError, bad_request
+from gateway.models import ProviderKind
+
+# --- Images ---------------------------------------------------------------------------------------
+
+_DATA_URL = re.compile(r"^data:image/[A-Za-z0-9.+-]+;base64,", re.IGNORECASE)
+_IPV4_SHORTHAND = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Image:
+    url: str
+    format: str | None = None  # image_url.format, an explicit MIME type some clients send
+
+
+def iter_images(messages: list[Any]) -> Iterator[tuple[str, Any]]:
+    """(where, image_url value) for every image part of every message."""
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                yield f"messages[{i}].content[{j}].image_url", part.get("image_url")
+
+
+def parse_image(value: Any, where: str) -> Image:
+    """Check one image_url value ({"url": ...} or a bare string) and return it; a 400 names what is wrong."""
+    url = value.get("url") if isinstance(value, dict) else value
+    fmt = value.get("format") if isinstance(value, dict) else None
+    if not isinstance(url, str) or not url:
+        raise bad_request(f"Missing required parameter: '{where}.url'.", param=f"{where}.url",
+                          code="missing_required_parameter")
+    if url[:5].lower() == "data:":
+        if not _DATA_URL.match(url):
+            raise bad_request(f"Invalid '{where}.url': a data URL must look like data:image/png;base64,<data>.",
+                              param=f"{where}.url", code="invalid_image_url")
+        return Image(url, fmt if isinstance(fmt, str) else None)
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise bad_request(f"Invalid '{where}.url': send an https URL or a data: URL (base64), not '{scheme}:'.",
+                          param=f"{where}.url", code="invalid_image_url")
+    host = urlsplit(url).hostname or ""
+    if not host:
+        raise bad_request(f"Invalid '{where}.url': the URL has no host.", param=f"{where}.url",
+                          code="invalid_image_url")
+    if is_internal_host(host):
+        raise bad_request(
+            f"Invalid '{where}.url': images are not fetched from local, private or link-local addresses "
+            f"({host}). Send the image inline as a data: URL instead.",
+            param=f"{where}.url",
+            code="invalid_image_url",
+        )
+    return Image(url, fmt if isinstance(fmt, str) else None)
+
+
+def is_internal_host(host: str) -> bool:
+    """localhost names, and IP literals (in any spelling a resolver accepts) that are not globally routable.
+
+    Names are not resolved: that would block the event loop, and a DNS answer can change between our
+    check and the provider's fetch anyway. The provider, not the portal, fetches the remaining URLs.
+    """
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        if not _IPV4_SHORTHAND.match(host):
+            return False
+        try:
+            # 127.1, 2130706433, 0x7f.0.0.1: spellings inet_aton (and so most HTTP clients) accept.
+            address = ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not address.is_global or address.is_multicast
+
+
+def litellm_would_fetch(kind: str, image: Image) -> bool:
+    """Whether LiteLLM downloads this image itself (synchronously, from our network) for this provider kind."""
+    url = image.url.lower()
+    if url.startswith("data:"):
+        return False
+    if kind == ProviderKind.ANTHROPIC:
+        return url.startswith("http://")  # https URLs are passed to Anthropic as URL sources
+    if kind == ProviderKind.GEMINI:
+        if url.startswith("http://"):
+            return True
+        # An https URL whose image type LiteLLM can tell is passed to Google as file_data; others are downloaded.
+        from litellm.litellm_core_utils.prompt_templates.file_id_utils import get_image_mime_type_from_url
+
+        return not (image.format or get_image_mime_type_from_url(image.url))
+    return False
+
+
+def routes_for_images(routes: tuple[Route, ...], images: tuple[Image, ...], model: str) -> tuple[Route, ...]:
+    """The deployments that can take these images; a 400 when none can, saying why."""
+    if not images:
+        return routes
+    seeing = tuple(r for r in routes if r.supports_vision is not False)
+    if not seeing:
+        raise GatewayError(
+            400,
+            f"The model '{model}' does not accept images (no vision support). Send text only, or use a model "
+            "that supports vision.",
+            param="messages",
+            code="model_not_vision_capable",
+        )
+    usable = tuple(r for r in seeing if not any(litellm_would_fetch(r.kind, image) for image in images))
+    if not usable:
+        raise bad_request(
+            f"The model '{model}' cannot take these image URLs: its provider would need the portal to download "
+            "them. Send https URLs ending in the image type (.png, .jpg, .webp, …) or data: URLs.",
+            param="messages",
+            code="invalid_image_url",
+        )
+    return usable
+
+
+# --- Speech ---------------------------------------------------------------------------------------
+
+# response_format -> content type, for what Gemini TTS gives (24 kHz signed 16-bit mono PCM).
+SPEECH_CONTENT_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm"}
+SAMPLE_RATE = 24000
+
+
+def wav(pcm: bytes, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """Wrap raw signed 16-bit little-endian mono PCM (Gemini's audio/L16) in a WAV container."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm)
+    return out.getvalue()
+
+
+def speech_routes(routes: tuple[Route, ...], model: str, response_format: str) -> tuple[Route, ...]:
+    """The deployments that can say it in this format: Gemini text-to-speech models, wav or pcm."""
+    speaking = tuple(r for r in routes if r.kind == ProviderKind.GEMINI and r.mode in ("", "audio_speech"))
+    if not speaking:
+        raise bad_request(
+            f"The model '{model}' is not a text-to-speech model. Use one whose mode is audio_speech "
+            "(e.g. google/gemini-2.5-flash-tts).",
+            param="model",
+            code="model_not_tts_capable",
+        )
+    if response_format not in SPEECH_CONTENT_TYPES:
+        raise bad_request(
+            f"response_format '{response_format}' is not supported by '{model}': Gemini text-to-speech produces "
+            f"raw 24 kHz PCM, served as {' or '.join(SPEECH_CONTENT_TYPES)}.",
+            param="response_format",
+            code="unsupported_response_format",
+        )
+    return speaking
+
+
+# model_info.mode -> (what to call it, the endpoint that serves it)
+_MODES = {
+    "audio_speech": ("text-to-speech", "/v1/audio/speech"),
+    "embedding": ("embedding", "/v1/embeddings"),
+    "chat": ("chat", "/v1/chat/completions"),
+}
+
+
+def refuse_other_modes(routes: tuple[Route, ...], model: str, endpoint: str, allowed: tuple[str, ...]) -> None:
+    """A 400 when every deployment of the model is declared for another endpoint (e.g. a TTS model on chat)."""
+    if routes and all(r.mode and r.mode not in allowed for r in routes):
+        label, use = _MODES.get(routes[0].mode, (routes[0].mode, "another endpoint"))
+        raise bad_request(
+            f"The model '{model}' is a {label} model; it cannot serve {endpoint}. Use {use}.",
+            param="model",
+            code="wrong_model_mode",
+        )
+
+
+# --- Calls the router can retry -------------------------------------------------------------------
+
+
+class Operation:
+    """A non-chat call (speech, embeddings) presented as the router's `complete`, so it gets the same
+    quota checks, fallback and retries as chat completions."""
+
+    def __init__(self, call: Callable[[Route, dict[str, Any]], Awaitable[dict[str, Any]]]) -> None:
+        self._call = call
+
+    async def complete(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._call(route, body)
+
+    def stream(self, route: Route, body: dict[str, Any]) -> Any:
+        raise NotImplementedError("only chat completions stream")

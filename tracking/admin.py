@@ -1,0 +1,224 @@
+"""Operators' view of usage: the records (filterable, CSV), the dashboard, and the body logging rules."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.db import connection
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path
+from django.utils import timezone
+from django.utils.functional import cached_property
+
+from tracking import recorder, usage
+from tracking.models import BodyLoggingRule, ModelUsageRun, UsageRecord
+
+CSV_FIELDS = [
+    "request_id", "created", "ended", "endpoint", "key_id", "key_name", "user_id", "username", "model",
+    "deployment_id", "provider", "upstream_model", "status", "ok", "error_code", "streamed",
+    "client_disconnected", "attempts", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
+    "total_tokens", "tokens_counted", "client_ip", "tags", "exported_at",
+]
+DASHBOARD_DAYS = (1, 7, 14, 30, 90)
+
+
+class EstimatedCountPaginator(Paginator):
+    """Unfiltered lists on PostgreSQL use the planner's row estimate: COUNT(*) of millions of rows is slow."""
+
+    @cached_property
+    def count(self) -> int:
+        query = getattr(self.object_list, "query", None)
+        if connection.vendor == "postgresql" and query is not None and not query.where:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT reltuples FROM pg_class WHERE relname = %s", [UsageRecord._meta.db_table])
+                row = cursor.fetchone()
+            if row and row[0] > 10_000:
+                return int(row[0])
+        return super().count
+
+
+class ModelFilter(admin.SimpleListFilter):
+    title = "model"
+    parameter_name = "model"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        # Models seen in the last 90 days: a DISTINCT over the indexed recent range, not the whole table.
+        since = timezone.now() - dt.timedelta(days=90)
+        names = UsageRecord.objects.since(since).order_by("model").values_list("model", flat=True).distinct()
+        return [(name, name or "(none)") for name in names]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[UsageRecord]) -> QuerySet[UsageRecord]:
+        value = self.value()
+        return queryset if value is None else queryset.filter(model=value)
+
+
+class KeyFilter(admin.SimpleListFilter):
+    title = "API key"
+    parameter_name = "key"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        since = timezone.now() - dt.timedelta(days=90)
+        keys = (
+            UsageRecord.objects.since(since).exclude(key_name="").order_by("key_name")
+            .values_list("key_name", flat=True).distinct()
+        )
+        return [(name, name) for name in keys]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[UsageRecord]) -> QuerySet[UsageRecord]:
+        value = self.value()
+        return queryset if value is None else queryset.filter(key_name=value)
+
+
+class StatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "outcome"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("ok", "OK"), ("error", "Error"), ("4xx", "4xx"), ("5xx", "5xx"), ("left", "Client left")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[UsageRecord]) -> QuerySet[UsageRecord]:
+        match self.value():
+            case "ok":
+                return queryset.filter(ok=True)
+            case "error":
+                return queryset.filter(ok=False)
+            case "4xx":
+                return queryset.filter(status__gte=400, status__lt=500)
+            case "5xx":
+                return queryset.filter(status__gte=500)
+            case "left":
+                return queryset.filter(client_disconnected=True)
+        return queryset
+
+
+def csv_response(queryset: QuerySet[UsageRecord], filename: str = "usage.csv") -> StreamingHttpResponse:
+    response = StreamingHttpResponse(csv_lines(queryset), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def csv_lines(queryset: QuerySet[UsageRecord]) -> Iterator[str]:
+    writer = csv.writer(_Echo())
+    yield writer.writerow(CSV_FIELDS)
+    for row in queryset.order_by("-created").values_list(*CSV_FIELDS).iterator(chunk_size=2000):
+        yield writer.writerow([_cell(value) for value in row])
+
+
+def _cell(value: Any) -> Any:
+    # Key names and tags come from users: a leading = + - @ would run as a formula in a spreadsheet.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    if isinstance(value, dict):
+        return ";".join(f"{k}={v}" for k, v in value.items())
+    return value
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
+    list_display = [
+        "created", "model", "key_name", "username", "status", "ok", "streamed", "latency", "ttft", "total_tokens",
+        "provider", "request_id",
+    ]
+    list_filter = [ModelFilter, KeyFilter, StatusFilter, "streamed", ("created", admin.DateFieldListFilter)]
+    search_fields = ["=request_id", "key_name", "username"]
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+    list_per_page = 100
+    actions = ["export_csv"]
+    change_list_template = "tracking/usagerecord_change_list.html"
+    fieldsets = [
+        (None, {"fields": ["request_id", "created", "ended", "endpoint", "model", "status", "ok", "error_code",
+                           "error_message"]}),
+        ("Who", {"fields": ["key_id", "key_name", "user_id", "username", "client_ip", "tags"]}),
+        ("Route", {"fields": ["deployment_id", "provider", "upstream_model", "attempts", "streamed",
+                              "client_disconnected"]}),
+        ("Usage and timing", {"fields": ["prompt_tokens", "completion_tokens", "total_tokens", "tokens_counted",
+                                         "latency_ms", "ttft_ms"]}),
+        ("Bodies", {"fields": ["request_body", "response_body", "bodies_truncated"], "classes": ["collapse"]}),
+        ("MLflow", {"fields": ["exported_at", "mlflow_experiment", "mlflow_trace_id"]}),
+    ]
+
+    @admin.display(description="latency (ms)", ordering="latency_ms")
+    def latency(self, obj: UsageRecord) -> str:
+        return "" if obj.latency_ms is None else f"{obj.latency_ms:.0f}"
+
+    @admin.display(description="TTFT (ms)", ordering="ttft_ms")
+    def ttft(self, obj: UsageRecord) -> str:
+        return "" if obj.ttft_ms is None else f"{obj.ttft_ms:.0f}"
+
+    # Records are facts: read-only (deletion stays possible, e.g. for a data-protection request).
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.action(description="Export selected records as CSV")
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[UsageRecord]) -> StreamingHttpResponse:
+        return csv_response(queryset)
+
+    def get_urls(self) -> list[URLPattern]:
+        own = [
+            path("dashboard/", self.admin_site.admin_view(self.dashboard_view), name="tracking_dashboard"),
+            path("export.csv", self.admin_site.admin_view(self.export_view), name="tracking_usagerecord_csv"),
+        ]
+        return own + super().get_urls()
+
+    def export_view(self, request: HttpRequest) -> HttpResponse:
+        """CSV of the list as currently filtered and searched (same query string as the list)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        changelist: ChangeList = self.get_changelist_instance(request)
+        return csv_response(changelist.get_queryset(request))
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            days = int(request.GET.get("days", 14))
+        except ValueError:
+            days = 14
+        days = days if days in DASHBOARD_DAYS else 14
+        data = usage.dashboard(days)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Usage dashboard",
+            "opts": self.model._meta,
+            "data": data,
+            "day_choices": DASHBOARD_DAYS,
+        }
+        return TemplateResponse(request, "tracking/dashboard.html", context)
+
+
+@admin.register(BodyLoggingRule)
+class BodyLoggingRuleAdmin(admin.ModelAdmin[BodyLoggingRule]):
+    list_display = ["__str__", "model", "key_id", "enabled", "note", "created"]
+    list_filter = ["enabled"]
+    fields = ["model", "key_id", "enabled", "note"]
+
+    def save_model(self, request: HttpRequest, obj: BodyLoggingRule, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        recorder.recorder.forget_rules()  # this process at once; other workers within a few seconds
+
+
+@admin.register(ModelUsageRun)
+class ModelUsageRunAdmin(admin.ModelAdmin[ModelUsageRun]):
+    list_display = ["model", "last_day", "run_id"]
+    readonly_fields = ["model", "run_id", "last_day", "claimed_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

@@ -1,0 +1,59 @@
+// Draws the usage dashboard's charts from the JSON the page embeds (#usage-data), with the vendored Chart.js.
+(function () {
+  "use strict";
+  const data = JSON.parse(document.getElementById("usage-data").textContent);
+  const palette = ["#417690", "#e07a1f", "#2e9e5b", "#c0392b", "#8e44ad", "#16a085", "#d4ac0d", "#5d6d7e",
+                   "#a04000", "#1f618d", "#7d3c98", "#117864"];
+  const color = (i) => palette[i % palette.length];
+  const style = getComputedStyle(document.documentElement);
+  const text = style.getPropertyValue("--body-fg").trim() || "#333";
+  Chart.defaults.color = text;
+  Chart.defaults.animation = false;  // draw at once: also makes screenshots deterministic
+
+  function perDay(canvasId, field, title) {
+    const canvas = document.getElementById(canvasId);
+    if (!canvas) return;
+    new Chart(canvas, {
+      type: "bar",
+      data: {
+        labels: data.daily.labels,
+        datasets: data.daily.series.map((s, i) => ({ label: s.model, data: s[field], backgroundColor: color(i) })),
+      },
+      options: {
+        maintainAspectRatio: false,
+        scales: { x: { stacked: true }, y: { stacked: true, beginAtZero: true, title: { display: true, text: title } } },
+        plugins: { legend: { position: "bottom" } },
+      },
+    });
+  }
+
+  function quota() {
+    const canvas = document.getElementById("chart-quota");
+    if (!canvas) return;
+    const rows = data.quota;
+    new Chart(canvas, {
+      type: "bar",
+      data: {
+        labels: rows.map((r) => r.label),
+        datasets: [
+          // Overlaid, not side by side: the used bar drawn over its grey limit bar.
+          { label: "used", data: rows.map((r) => r.used), grouped: false, order: 0,
+            backgroundColor: rows.map((r) => (r.used >= r.limit ? "#c0392b" : r.percent >= 80 ? "#e07a1f" : "#2e9e5b")) },
+          { label: "limit", data: rows.map((r) => r.limit), grouped: false, order: 1, backgroundColor: "rgba(128,128,128,0.25)" },
+        ],
+      },
+      options: {
+        indexAxis: "y",
+        maintainAspectRatio: false,
+        scales: { x: { beginAtZero: true } },
+        plugins: {
+          tooltip: { callbacks: { afterLabel: (ctx) => rows[ctx.dataIndex].percent + "% of the limit" } },
+        },
+      },
+    });
+  }
+
+  perDay("chart-requests", "requests", "requests");
+  perDay("chart-tokens", "tokens", "tokens");
+  quota();
+})();

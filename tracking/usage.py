@@ -1,0 +1,166 @@
+"""Read-side of the usage records: the operators' dashboard and the key pages' "today" column.
+
+Every function here is a handful of aggregate queries over an indexed time range, whatever the number of
+models, keys or records (percentiles are one OFFSET query each, on the models with the most requests).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce, TruncDate
+from django.utils import timezone
+
+from tracking.models import UsageRecord
+
+log = logging.getLogger(__name__)
+
+TOP_N = 10
+# Latency percentiles are computed for the busiest models only (two queries each).
+PERCENTILE_MODELS = 15
+
+
+def start_of_today() -> dt.datetime:
+    return timezone.now().astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def usage_today_by_key(key_ids: list[int]) -> dict[int, dict[str, int]]:
+    """{key id: {"requests": n, "tokens": n}} since midnight UTC (read by accounts' key pages)."""
+    rows = (
+        UsageRecord.objects.filter(key_id__in=key_ids, created__gte=start_of_today())
+        .values("key_id")
+        .annotate(requests=Count("id"), tokens=Coalesce(Sum("total_tokens"), 0))
+    )
+    return {row["key_id"]: {"requests": row["requests"], "tokens": row["tokens"]} for row in rows}
+
+
+def percentile_of(rows: QuerySet[UsageRecord], count: int, pct: int) -> float | None:
+    """Nearest-rank percentile of latency_ms over `rows` (`count` of them have a latency)."""
+    if count == 0:
+        return None
+    rank = max(-(-pct * count // 100), 1)
+    value = rows.order_by("latency_ms").values_list("latency_ms", flat=True)[rank - 1]
+    return round(float(value), 1)
+
+
+def dashboard(days: int) -> dict[str, Any]:
+    since = start_of_today() - dt.timedelta(days=days - 1)
+    rows = UsageRecord.objects.since(since)
+    totals = rows.aggregate(
+        requests=Count("id"), errors=Count("id", filter=Q(ok=False)), tokens=Coalesce(Sum("total_tokens"), 0),
+        timed=Count("latency_ms"),
+    )
+    with_latency = rows.filter(latency_ms__isnull=False)
+    totals["error_rate"] = _rate(totals["errors"], totals["requests"])
+    totals["p50"] = percentile_of(with_latency, totals["timed"], 50)
+    totals["p95"] = percentile_of(with_latency, totals["timed"], 95)
+    return {
+        "days": days,
+        "since": since.date().isoformat(),
+        "totals": totals,
+        "daily": daily_by_model(rows, since, days),
+        "models": by_model(rows),
+        "top_keys": top(rows, "key_id", "key_name"),
+        "top_users": top(rows, "user_id", "username"),
+        "quota": quota_today(),
+    }
+
+
+def _rate(part: int, whole: int) -> float:
+    return round(100 * part / whole, 1) if whole else 0.0
+
+
+def daily_by_model(rows: QuerySet[UsageRecord], since: dt.datetime, days: int) -> dict[str, Any]:
+    """Requests and tokens per UTC day per model, shaped for the charts (one series per model)."""
+    labels = [(since.date() + dt.timedelta(days=i)).isoformat() for i in range(days)]
+    index = {day: i for i, day in enumerate(labels)}
+    series: dict[str, dict[str, list[int]]] = {}
+    per_day = (
+        rows.annotate(day=TruncDate("created", tzinfo=dt.UTC)).values("day", "model")
+        .annotate(requests=Count("id"), tokens=Coalesce(Sum("total_tokens"), 0)).order_by("model", "day")
+    )
+    for row in per_day:
+        model = row["model"] or "(none)"
+        entry = series.setdefault(model, {"requests": [0] * days, "tokens": [0] * days})
+        i = index.get(row["day"].isoformat())
+        if i is not None:
+            entry["requests"][i] = row["requests"]
+            entry["tokens"][i] = row["tokens"]
+    return {"labels": labels, "series": [{"model": m, **v} for m, v in series.items()]}
+
+
+def by_model(rows: QuerySet[UsageRecord]) -> list[dict[str, Any]]:
+    out = list(
+        rows.values("model")
+        .annotate(requests=Count("id"), errors=Count("id", filter=Q(ok=False)),
+                  tokens=Coalesce(Sum("total_tokens"), 0), timed=Count("latency_ms"))
+        .order_by("-requests", "model")
+    )
+    for i, row in enumerate(out):
+        row["model"] = row["model"] or "(none)"
+        row["error_rate"] = _rate(row["errors"], row["requests"])
+        if i < PERCENTILE_MODELS:
+            timed = rows.filter(model=row["model"] if row["model"] != "(none)" else "", latency_ms__isnull=False)
+            row["p50"] = percentile_of(timed, row["timed"], 50)
+            row["p95"] = percentile_of(timed, row["timed"], 95)
+    return out
+
+
+def top(rows: QuerySet[UsageRecord], id_field: str, name_field: str) -> list[dict[str, Any]]:
+    return [
+        {"id": row[id_field], "name": row[name_field] or "(none)", "requests": row["requests"],
+         "tokens": row["tokens"], "errors": row["errors"]}
+        for row in rows.values(id_field, name_field)
+        .annotate(requests=Count("id"), tokens=Coalesce(Sum("total_tokens"), 0), errors=Count("id", filter=Q(ok=False)))
+        .order_by("-requests", name_field)[:TOP_N]
+    ]
+
+
+def quota_today() -> list[dict[str, Any]]:
+    """Each limited deployment's daily (and per-minute) limits: used now against the limit.
+
+    `used` comes from the quota module (Redis, or this process's store, backed by its durable daily
+    counters); when it cannot answer, today's usage records are counted instead.
+    """
+    from gateway import catalog
+    from gateway.models import Deployment
+
+    deployments = Deployment.objects.filter(enabled=True).select_related("provider", "pool").order_by(
+        "public_name", "priority", "id"
+    )
+    out = []
+    for d in deployments:
+        limits = list(catalog.deployment_limits(d))
+        if not limits:
+            continue
+        for entry in _limit_usage(d, limits):
+            out.append({
+                "label": f"{d.public_name} ({d.provider.name}) {entry['limit_name']}",
+                "deployment": d.pk,
+                "limit_name": entry["limit_name"],
+                "scope": entry.get("scope", "deployment"),
+                "used": entry["used"],
+                "limit": entry["limit"],
+                "percent": _rate(min(entry["used"], entry["limit"]), entry["limit"]),
+            })
+    return out
+
+
+def _limit_usage(d: Any, limits: list[Any]) -> list[dict[str, Any]]:
+    from gateway import quota
+
+    try:
+        return quota.usage_of(limits)
+    except Exception:
+        log.warning("quota usage unavailable for deployment %s; counting today's records", d.pk, exc_info=True)
+    today = UsageRecord.objects.filter(deployment_id=d.pk, created__gte=start_of_today())
+    counted = today.aggregate(requests=Count("id"), tokens=Coalesce(Sum("total_tokens"), 0))
+    names = {"rpd": counted["requests"], "tpd": counted["tokens"]}
+    return [
+        {"limit_name": limit.name, "limit": limit.value, "used": names[limit.name], "scope": limit.scope}
+        for limit in limits
+        if limit.name in names
+    ]
