@@ -70,10 +70,15 @@ def actor(request: Request) -> Any:
     return request.auth.username if isinstance(request.auth, MasterKey) else request.user
 
 
+class Page(LimitOffsetPagination):
+    default_limit = 100
+    max_limit = 1000
+
+
 class OperatorAPI:
     authentication_classes = [MasterKeyAuthentication, SessionAuthentication]
     permission_classes = [IsOperator]
-    pagination_class = LimitOffsetPagination
+    pagination_class = Page
 
 
 class ModelLimitSerializer(serializers.ModelSerializer):

@@ -62,6 +62,13 @@ class Call:
             self.prompt_tokens = usage.get("prompt_tokens", self.prompt_tokens)
             self.completion_tokens = usage.get("completion_tokens", self.completion_tokens)
 
+    def take_body(self, body: dict[str, Any]) -> None:
+        """Keep the request for the usage record: a copy of the top level and of `metadata` (the user's tags),
+        which LiteLLM writes its own bookkeeping into."""
+        self.request_body = dict(body)
+        if isinstance(metadata := body.get("metadata"), dict):
+            self.request_body["metadata"] = dict(metadata)
+
     def take_chunk(self, chunk: dict[str, Any]) -> None:
         """A streamed chunk: its usage, if any, and its text (a list append; counted later, off the loop)."""
         self.take_usage(chunk.get("usage"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -81,7 +82,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponse:
     try:
         call.principal = await authenticate(request)
         body = json_body(request)
-        call.request_body = body
+        call.take_body(body)
         chat = parse_chat(body)
         call.model, call.streamed = chat.model, chat.stream
         routes = await routes_for(call.principal, chat.model)
@@ -116,7 +117,7 @@ async def audio_speech(request: HttpRequest) -> HttpResponse:
     try:
         call.principal = await authenticate(request)
         body = json_body(request)
-        call.request_body = body
+        call.take_body(body)
         speech = parse_speech(body)
         call.model = speech.model
         routes = await routes_for(call.principal, speech.model)
@@ -142,7 +143,7 @@ async def embeddings(request: HttpRequest) -> HttpResponse:
     try:
         call.principal = await authenticate(request)
         body = json_body(request)
-        call.request_body = body
+        call.take_body(body)
         call.model = parse_embeddings(body).model
         routes = await routes_for(call.principal, call.model)
         media.refuse_other_modes(routes, call.model, "embeddings", ("embedding",))
@@ -181,15 +182,26 @@ def _for_client(chunk: dict[str, Any], include_usage: bool) -> dict[str, Any] | 
 
 
 async def _with_keepalive(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any] | None]:
-    """Yield chunks, and None whenever the upstream has been silent for KEEPALIVE_SECONDS."""
+    """Yield chunks, and None whenever the upstream has been silent for KEEPALIVE_SECONDS.
+
+    An upstream silent for longer than STREAM_IDLE_TIMEOUT is given up on: the read is cancelled (which
+    closes the upstream connection) and the stream ends with an error event.
+    """
     pending: asyncio.Future[dict[str, Any]] | None = None
+    idle_limit = settings.STREAM_IDLE_TIMEOUT
     try:
         while True:
             if pending is None:
                 pending = asyncio.ensure_future(anext(chunks))
-            done, _ = await asyncio.wait({pending}, timeout=KEEPALIVE_SECONDS)
+                silent_since = time.monotonic()
+            remaining = idle_limit - (time.monotonic() - silent_since)
+            if remaining <= 0:
+                raise UpstreamError(504, f"The provider sent nothing for {idle_limit:g}s; the stream was cut.",
+                                    code="upstream_stream_stalled")
+            done, _ = await asyncio.wait({pending}, timeout=min(KEEPALIVE_SECONDS, remaining))
             if not done:
-                yield None
+                if time.monotonic() - silent_since >= KEEPALIVE_SECONDS:
+                    yield None
                 continue
             ready, pending = pending, None
             try:
@@ -199,7 +211,7 @@ async def _with_keepalive(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterato
             yield chunk
     finally:
         if pending is not None and not pending.done():
-            # The client went away mid-wait: stop the read so the upstream can be closed.
+            # The client went away (or the upstream stalled) mid-wait: stop the read so the upstream closes.
             pending.cancel()
             await asyncio.gather(pending, return_exceptions=True)
 

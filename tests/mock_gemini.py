@@ -27,7 +27,6 @@ import hashlib
 import math
 import re
 import struct
-import time
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs
@@ -132,6 +131,14 @@ def embedding_values(text: str, dims: int) -> list[float]:
     return out[:dims]
 
 
+def proto_field(mapping: Any, camel: str) -> Any:
+    """A field as Gemini's JSON parser reads it: lowerCamelCase or the proto's snake_case name."""
+    if not isinstance(mapping, dict):
+        return None
+    snake = re.sub(r"(?<!^)(?=[A-Z])", "_", camel).lower()
+    return mapping.get(camel, mapping.get(snake))
+
+
 def _text_of(contents: Any) -> str:
     texts = []
     for content in contents if isinstance(contents, list) else []:
@@ -163,21 +170,20 @@ def _check_contents(body: dict[str, Any]) -> None:
         if not isinstance(parts, list) or not parts:
             raise _Invalid(400, f"* GenerateContentRequest.contents[{i}].parts: contents.parts must not be empty.")
         for part in parts:
-            inline = part.get("inlineData") or part.get("inline_data") if isinstance(part, dict) else None
+            inline = proto_field(part, "inlineData")
             if inline is not None:
                 data = inline.get("data", "")
                 try:
                     base64.b64decode(data, validate=True)
                 except ValueError:
                     raise _Invalid(400, f"Invalid value at 'contents[{i}].parts.inline_data.data'") from None
-    system = body.get("systemInstruction") or body.get("system_instruction")
+    system = proto_field(body, "systemInstruction")
     if system is not None and not (isinstance(system, dict) and system.get("parts")):
         raise _Invalid(400, "* GenerateContentRequest.system_instruction: parts must not be empty.")
 
 
 def _modalities(body: dict[str, Any]) -> list[str]:
-    config = body.get("generationConfig") or body.get("generation_config") or {}
-    modalities = config.get("responseModalities") or config.get("response_modalities") or ["TEXT"]
+    modalities = proto_field(proto_field(body, "generationConfig"), "responseModalities") or ["TEXT"]
     return [str(m).upper() for m in modalities]
 
 
@@ -267,7 +273,7 @@ class MockGemini(MockUpstream):
             raise _Invalid(400, "Multi-modal output is not supported.")
         pieces = list(split_reply(behaviour.reply, behaviour.chunks))
         finish = "STOP"
-        limit = (body.get("generationConfig") or {}).get("maxOutputTokens")
+        limit = proto_field(proto_field(body, "generationConfig"), "maxOutputTokens")
         if isinstance(limit, int) and 0 < limit < len(pieces):
             pieces, finish = pieces[:limit], "MAX_TOKENS"
         usage = {"promptTokenCount": prompt_tokens, "candidatesTokenCount": len(pieces),
@@ -347,15 +353,6 @@ class MockGemini(MockUpstream):
         content = request.get("content")
         if not isinstance(content, dict) or not content.get("parts"):
             raise _Invalid(400, "* EmbedContentRequest.content: content is not specified")
-        dims = request.get("outputDimensionality") or DEFAULT_EMBEDDING_DIMS
+        dims = proto_field(request, "outputDimensionality") or DEFAULT_EMBEDDING_DIMS
         return embedding_values(_text_of([content]), int(dims))
 
-
-def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
-    """Poll a condition (e.g. a recorded request) for up to ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return bool(predicate())

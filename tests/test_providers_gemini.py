@@ -10,7 +10,7 @@ import pytest
 from gateway import catalog
 from gateway.models import Provider
 from tests.catalog_setup import CREDENTIALS, load_builtin_catalog
-from tests.mock_gemini import API_KEY, gemini_error, quota_exhausted
+from tests.mock_gemini import API_KEY, gemini_error, proto_field, quota_exhausted
 from tests.mock_upstream import Behaviour
 
 CONVERSATION = [
@@ -43,14 +43,15 @@ def test_a_chat_completion_is_a_generate_content_call(client, gemini, builtin):
     assert "authorization" not in sent.headers
     body = sent.json
     # The system message becomes systemInstruction; the assistant turn becomes role "model".
-    assert body["system_instruction"] == {"parts": [{"text": "Answer in one word."}]}
+    assert proto_field(body, "systemInstruction") == {"parts": [{"text": "Answer in one word."}]}
     assert [(c["role"], c["parts"]) for c in body["contents"]] == [
         ("user", [{"text": "Hi"}]),
         ("model", [{"text": "Hello"}]),
         ("user", [{"text": "Colour of the sky?"}]),
     ]
-    assert body["generationConfig"]["maxOutputTokens"] == 50
-    assert body["generationConfig"]["temperature"] == 0.3
+    config = proto_field(body, "generationConfig")
+    assert proto_field(config, "maxOutputTokens") == 50
+    assert config["temperature"] == 0.3
 
 
 def test_a_stream_is_stream_generate_content_with_sse(client, gemini, builtin):
