@@ -2,7 +2,8 @@
 
 import os
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '4000')}"
+# All interfaces by default: in a container, Nginx reaches the portal over the compose network.
+bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '4000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 worker_class = "uvicorn_worker.UvicornWorker"
 # Import Django (and LiteLLM) once in the master; workers fork with it loaded.
@@ -11,6 +12,13 @@ preload_app = True
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
 keepalive = 75
+# The real client address behind Nginx: uvicorn (proxy_headers is on) replaces the peer address with
+# X-Forwarded-For, and so REMOTE_ADDR, only when the peer is one of these addresses, i.e. Nginx.
+# Comma-separated IPs or networks; "*" would let any client forge its address.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+# No runtime control socket ($HOME/.gunicorn/gunicorn.ctl, gunicorn >= 25.1): two portals on one host
+# would fight over the path, and a container user's home may be read-only.
+control_socket_disable = True
 accesslog = "-" if os.environ.get("ACCESS_LOG", "false").lower() in ("1", "true", "yes") else None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()

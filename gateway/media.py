@@ -1,9 +1,10 @@
 """Images, speech and embeddings: the checks and conversions around the calls that are not plain chat.
 
-Images: the portal never downloads an image itself. An https URL is passed on for the provider to fetch,
-a data: URL travels inline. URLs naming a loopback, private or link-local address are refused outright,
-and so are URLs that LiteLLM would download on our side for the chosen provider (Gemini and Anthropic
-for some URLs): that download would be synchronous, on the event loop, from our network.
+Images: a data: URL travels inline; an http(s) URL is passed on, and either the provider fetches it
+(OpenAI-style providers) or LiteLLM downloads and inlines it (Gemini). LiteLLM's download is async and
+guarded (it resolves the name once, refuses private, loopback and link-local addresses and connects to
+the address it checked); before that, URLs that name such an address outright are refused here with a
+400 that says why, so nothing is ever fetched from inside the portal's network.
 """
 
 from __future__ import annotations
@@ -100,25 +101,8 @@ def is_internal_host(host: str) -> bool:
     return not address.is_global or address.is_multicast
 
 
-def litellm_would_fetch(kind: str, image: Image) -> bool:
-    """Whether LiteLLM downloads this image itself (synchronously, from our network) for this provider kind."""
-    url = image.url.lower()
-    if url.startswith("data:"):
-        return False
-    if kind == ProviderKind.ANTHROPIC:
-        return url.startswith("http://")  # https URLs are passed to Anthropic as URL sources
-    if kind == ProviderKind.GEMINI:
-        if url.startswith("http://"):
-            return True
-        # An https URL whose image type LiteLLM can tell is passed to Google as file_data; others are downloaded.
-        from litellm.litellm_core_utils.prompt_templates.file_id_utils import get_image_mime_type_from_url
-
-        return not (image.format or get_image_mime_type_from_url(image.url))
-    return False
-
-
 def routes_for_images(routes: tuple[Route, ...], images: tuple[Image, ...], model: str) -> tuple[Route, ...]:
-    """The deployments that can take these images; a 400 when none can, saying why."""
+    """The deployments that can see images (all of them when there are none); a 400 when none can."""
     if not images:
         return routes
     seeing = tuple(r for r in routes if r.supports_vision is not False)
@@ -130,15 +114,7 @@ def routes_for_images(routes: tuple[Route, ...], images: tuple[Image, ...], mode
             param="messages",
             code="model_not_vision_capable",
         )
-    usable = tuple(r for r in seeing if not any(litellm_would_fetch(r.kind, image) for image in images))
-    if not usable:
-        raise bad_request(
-            f"The model '{model}' cannot take these image URLs: its provider would need the portal to download "
-            "them. Send https URLs ending in the image type (.png, .jpg, .webp, …) or data: URLs.",
-            param="messages",
-            code="invalid_image_url",
-        )
-    return usable
+    return seeing
 
 
 # --- Speech ---------------------------------------------------------------------------------------

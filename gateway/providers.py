@@ -31,8 +31,6 @@ class Kind:
     key_env: str = ""  # the credential the catalog references as os.environ/NAME
     key_required: bool = True  # False for local servers that accept any key
     reset_timezone: str = "UTC"  # when the provider's per-day quota starts over
-    # LiteLLM downloads some image URLs itself for these (instead of passing the URL on): see media.py.
-    litellm_fetches_images: bool = False
 
 
 KINDS: dict[str, Kind] = {
@@ -42,7 +40,6 @@ KINDS: dict[str, Kind] = {
         api_base="https://generativelanguage.googleapis.com/v1beta",
         key_env="GEMINI_API_KEY",
         reset_timezone="America/Los_Angeles",
-        litellm_fetches_images=True,
     ),
     # LiteLLM's github/ provider still defaults to the retired models.inference.ai.azure.com.
     ProviderKind.GITHUB_MODELS: Kind(api_base="https://models.github.ai/inference", key_env="GITHUB_API_KEY"),
@@ -51,7 +48,7 @@ KINDS: dict[str, Kind] = {
     ProviderKind.LM_STUDIO: Kind(base_env="LM_STUDIO_API_BASE", key_env="LM_STUDIO_API_KEY", key_required=False),
     ProviderKind.OPENAI_COMPATIBLE: Kind(key_required=False),
     ProviderKind.OPENAI: Kind(api_base="https://api.openai.com/v1", key_env="OPENAI_API_KEY"),
-    ProviderKind.ANTHROPIC: Kind(key_env="ANTHROPIC_API_KEY", litellm_fetches_images=True),
+    ProviderKind.ANTHROPIC: Kind(key_env="ANTHROPIC_API_KEY"),
     ProviderKind.LITELLM: Kind(key_required=False),
 }
 

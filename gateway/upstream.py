@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
 from asgiref.sync import async_to_sync
 
 from gateway import media, providers, redact
@@ -235,13 +236,15 @@ _RETRY_DELAY = re.compile(r'retryDelay["\']?\s*[:=]\s*["\']?([0-9.]+s)')
 
 
 def parse_rate_limit(exc: Exception) -> tuple[float | None, bool]:
+    return parse_rate_limit_parts(_headers(exc), str(exc) + str(getattr(exc, "body", "") or ""))
+
+
+def parse_rate_limit_parts(headers: dict[str, str], text: str) -> tuple[float | None, bool]:
     """How long the provider wants us to wait, and whether it is the daily quota that ran out.
 
     Reads Retry-After / retry-after-ms / x-ratelimit-reset-requests headers and Gemini's error body
     (QuotaFailure quotaId such as GenerateRequestsPerDayPerProjectPerModel-FreeTier, RetryInfo retryDelay).
     """
-    headers = _headers(exc)
-    text = str(exc) + str(getattr(exc, "body", "") or "")
     seconds: float | None = None
     if "retry-after-ms" in headers:
         seconds = (parse_duration(headers["retry-after-ms"]) or 0) / 1000 or None
@@ -284,16 +287,41 @@ def translate_error(exc: Exception, route: Route) -> UpstreamError:
     if not isinstance(status, int):
         log.exception("unexpected error calling %s", where)
         return UpstreamError(502, f"Unexpected error from {where}.", code="upstream_error")
-    detail = _clean(str(exc))
+    raw = str(exc) + str(getattr(exc, "body", "") or "")
+    return error_for_status(route, status, _clean(str(exc)), _headers(exc), raw=raw)
+
+
+def _detail(text: str) -> str:
+    """The provider's own message from an OpenAI-style error body, else the text itself (cut short)."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text.strip()[:500]
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:500]
+        if isinstance(error, str):
+            return error[:500]
+    return text.strip()[:500]
+
+
+def error_for_status(
+    route: Route, status: int, text: str, headers: Any, *, raw: str | None = None
+) -> UpstreamError:
+    """The error our client gets for a provider's HTTP error status (shared by every upstream path)."""
+    where = f"provider '{route.provider_name}' (model '{route.public_name}')"
+    detail = redact.redact(_detail(text))
+    lowered = {str(k).lower(): str(v) for k, v in dict(headers or {}).items()}
     if status == 429:
-        seconds, per_day = parse_rate_limit(exc)
-        headers = {"Retry-After": str(math.ceil(seconds))} if seconds is not None else {}
+        seconds, per_day = parse_rate_limit_parts(lowered, raw if raw is not None else text)
+        out_headers = {"Retry-After": str(math.ceil(seconds))} if seconds is not None else {}
         return UpstreamError(
             429,
             f"Rate limited by {where}: {detail}",
             code="insufficient_quota" if per_day else "rate_limit_exceeded",
             type="insufficient_quota" if per_day else "requests",
-            headers=headers,
+            headers=out_headers,
             upstream_status=status,
             retry_after_seconds=seconds,
             per_day=per_day,
@@ -309,13 +337,13 @@ def translate_error(exc: Exception, route: Route) -> UpstreamError:
         return UpstreamError(404, f"{where} does not know this model: {detail}", code="model_not_found",
                              upstream_status=status)
     if 400 <= status < 500:
-        return UpstreamError(400 if status == 422 else status, f"{where} rejected the request: {detail}",
+        return UpstreamError(400 if status in (413, 422) else status, f"{where} rejected the request: {detail}",
                              code="upstream_bad_request", upstream_status=status)
     return UpstreamError(502, f"{where} failed ({status}): {detail}", code="upstream_error", upstream_status=status)
 
 
 def default_upstream() -> MediaUpstream:
-    return _upstream
+    return _dispatch
 
 
 # The admin's "Test" action: the smallest real request, through the same interface as /v1.
@@ -359,3 +387,27 @@ def probe_all(routes: list[Route]) -> list[Probe]:
 
 
 _upstream = LiteLLMUpstream()
+
+
+class Dispatch:
+    """Per deployment: the passthrough for OpenAI-native upstreams, LiteLLM for everything else."""
+
+    def _for(self, route: Route) -> Upstream:
+        from gateway import passthrough
+
+        return passthrough.instance if passthrough.eligible(route) else _upstream
+
+    async def complete(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._for(route).complete(route, body)
+
+    def stream(self, route: Route, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        return self._for(route).stream(route, body)
+
+    async def speech(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
+        return await _upstream.speech(route, body)
+
+    async def embeddings(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
+        return await _upstream.embeddings(route, body)
+
+
+_dispatch = Dispatch()

@@ -245,6 +245,8 @@ MAX_REQUEST_BODY_BYTES = envint("MAX_REQUEST_BODY_BYTES", str(20 * 1024 * 1024))
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 # Seconds to wait for an upstream before answering 504.
 UPSTREAM_TIMEOUT = envfloat("UPSTREAM_TIMEOUT", "600")
+# Call OpenAI-native upstreams directly (pooled HTTP, SSE forwarded as is) instead of through LiteLLM.
+PASSTHROUGH = envbool("PASSTHROUGH", "True")
 # A stream whose provider sends nothing for this long (seconds) is ended with an error event.
 STREAM_IDLE_TIMEOUT = envfloat("STREAM_IDLE_TIMEOUT", "120")
 # LiteLLM config to import at start (LiteLLM's config.yaml format).

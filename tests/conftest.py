@@ -185,3 +185,10 @@ def make_deployment(provider: Any, public_name: str = "test-model", upstream_mod
 def deployment(upstream: MockUpstream, transactional_db: Any) -> Any:
     """One public model, test-model, served by the mock upstream."""
     return make_deployment(make_provider(upstream))
+
+
+@pytest.fixture(params=["passthrough", "litellm"])
+def upstream_path(request: Any, settings: Any) -> str:
+    """Run a conformance test once through each upstream path: same responses, errors and usage."""
+    settings.PASSTHROUGH = request.param == "passthrough"
+    return str(request.param)

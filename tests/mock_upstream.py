@@ -78,6 +78,8 @@ class Behaviour:
     to the first ``fail_times`` requests served with this instance (after which it answers normally); a ``status``
     below 400 is ignored (successes are always 200). ``headers`` and ``latency`` apply to every chat/embeddings
     response, successful or not. ``/models`` ignores behaviours, so discovery and health checks keep working.
+    A request's ``stop`` sequences cut the reply as a model would; the choice names the one that matched in
+    ``stop_reason``, as vLLM does.
     """
 
     status: int = 200
@@ -91,6 +93,10 @@ class Behaviour:
     disconnect_after_chunks: int | None = None
     fail_times: int | None = None
     include_usage_always: bool = False
+    # Answer with these function calls, each {"name": ..., "arguments": <JSON text or object>}, and finish_reason
+    # "tool_calls"; streamed as OpenAI does (id and name first, then the arguments in pieces). The ``reply`` text,
+    # unless empty, comes before them, as Claude models do.
+    tool_calls: list[dict[str, Any]] | None = None
     # How many requests this instance has failed so far (drives ``fail_times``); not part of equality.
     failures_served: int = field(default=0, init=False, compare=False)
 
@@ -226,6 +232,18 @@ def _completion_plan(behaviour: Behaviour, body: dict[str, Any]) -> tuple[tuple[
     return pieces, "stop"
 
 
+def _stop_at(pieces: tuple[str, ...], stop: Any) -> tuple[tuple[str, ...], str | None]:
+    """Cut the reply before the first of the request's stop sequences, as a model does; also which one matched
+    (reported as the choice's ``stop_reason``, as vLLM does)."""
+    sequences = [stop] if isinstance(stop, str) else [s for s in stop or () if isinstance(s, str) and s]
+    text = "".join(pieces)
+    hits = [(text.find(s), s) for s in sequences if s in text]
+    if not hits:
+        return pieces, None
+    at, matched = min(hits)
+    return split_reply(text[:at], None), matched
+
+
 def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
@@ -234,19 +252,55 @@ def _sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
+def _tool_calls(behaviour: Behaviour, response_id: str) -> list[dict[str, Any]]:
+    """The behaviour's function calls in OpenAI's message shape, with ids unique to this response."""
+    calls = []
+    for index, call in enumerate(behaviour.tool_calls or ()):
+        arguments = call.get("arguments", {})
+        arguments = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
+        function = {"name": call["name"], "arguments": arguments}
+        calls.append({"id": f"call_{response_id}_{index}", "type": "function", "function": function})
+    return calls
+
+
+def _tool_call_deltas(calls: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Streamed tool calls as OpenAI sends them: id, type and name with empty arguments, then argument pieces."""
+    deltas = []
+    for index, call in enumerate(calls):
+        head = {"index": index, "id": call["id"], "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""}}
+        deltas.append({"tool_calls": [head]})
+        arguments = call["function"]["arguments"]
+        step = max(1, -(-len(arguments) // 3))  # three pieces, so clients must join them
+        deltas.extend(
+            {"tool_calls": [{"index": index, "function": {"arguments": arguments[i : i + step]}}]}
+            for i in range(0, len(arguments), step)
+        )
+    return deltas
+
+
 def _stream_events(
-    base: dict[str, Any], pieces: Sequence[str], finish: str, usage: dict[str, int] | None, malformed: bool
+    base: dict[str, Any],
+    pieces: Sequence[str],
+    finish: str,
+    usage: dict[str, int] | None,
+    malformed: bool,
+    tool_calls: Sequence[dict[str, Any]] = (),
+    stop_reason: str | None = None,
 ) -> list[bytes]:
     """All SSE events of one streamed completion, in order (the last is ``[DONE]``)."""
 
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        if finish_reason and stop_reason:
+            choice["stop_reason"] = stop_reason
         return _sse({**base, "choices": [choice]})
 
     events = [chunk({"role": "assistant", "content": ""})]
     if malformed:
         events.append(_MALFORMED_SSE)
     events.extend(chunk({"content": piece}) for piece in pieces)
+    events.extend(chunk(delta) for delta in _tool_call_deltas(tool_calls))
     events.append(chunk({}, finish))
     if usage is not None:
         events.append(_sse({**base, "choices": [], "usage": usage}))
@@ -714,8 +768,13 @@ class MockUpstream:
         if failing and behaviour.status >= 400:
             return await self._send_behaviour_error(conn, behaviour, keep_alive)
         pieces, finish = _completion_plan(behaviour, body)
-        usage = _usage(prompt_tokens(body.get("messages")), len(pieces))
-        base = {"id": f"chatcmpl-mock-{next(self._ids)}", "created": int(time.time()), "model": model}
+        pieces, matched_stop = _stop_at(pieces, body.get("stop"))
+        finish = "stop" if matched_stop else finish
+        response_id = f"chatcmpl-mock-{next(self._ids)}"
+        tool_calls = _tool_calls(behaviour, response_id)
+        finish = "tool_calls" if tool_calls else finish
+        usage = _usage(prompt_tokens(body.get("messages")), len(pieces) + 5 * len(tool_calls))
+        base = {"id": response_id, "created": int(time.time()), "model": model}
         if body.get("stream"):
             options = body.get("stream_options")
             wants_usage = behaviour.include_usage_always or (
@@ -727,15 +786,20 @@ class MockUpstream:
                 finish,
                 usage if wants_usage else None,
                 failing and behaviour.malformed,
+                tool_calls,
+                matched_stop,
             )
             return await self._stream(conn, request, behaviour, events, keep_alive, failing)
         if failing and behaviour.malformed:
             return await self._send(conn, 200, _MALFORMED_JSON, keep_alive, behaviour.headers)
         message = {"role": "assistant", "content": "".join(pieces), "refusal": None}
+        if tool_calls:
+            message = {**message, "content": message["content"] or None, "tool_calls": tool_calls}
         payload = {
             **base,
             "object": "chat.completion",
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish,
+                         **({"stop_reason": matched_stop} if matched_stop else {})}],
             "usage": usage,
             "system_fingerprint": None,
         }

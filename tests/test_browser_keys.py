@@ -7,7 +7,6 @@ the test is skipped. Screenshots go to tests/artifacts/.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import openai
@@ -31,8 +30,6 @@ pytestmark = [
 @pytest.fixture
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (dev extra)")
-    # Playwright's sync API runs an event loop in this thread; the ORM is only used before and after it.
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         yield browser

@@ -14,6 +14,9 @@ from tests.mock_upstream import Behaviour
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 
+# Every test here is a conformance test: it runs through the passthrough and through LiteLLM.
+pytestmark = pytest.mark.usefixtures("upstream_path")
+
 
 def test_it_answers_a_chat_completion(client, upstream, deployment):
     upstream.behaviour = Behaviour(reply="Hello there friend")

@@ -196,13 +196,9 @@ def test_records_wait_while_mlflow_is_down_and_arrive_after_it_restarts(
 
 
 def make_records(count: int, **fields: Any) -> list[UsageRecord]:
-    now = timezone.now()
-    return UsageRecord.objects.bulk_create(
-        UsageRecord(request_id=uuid.uuid4().hex, created=fields.pop("created", now), endpoint="chat.completions",
-                    model=fields.get("model", "test-model"), status=200, ok=True, **{k: v for k, v in fields.items()
-                                                                                    if k != "model"})
-        for _ in range(count)
-    )
+    values = {"created": timezone.now(), "endpoint": "chat.completions", "model": "test-model", "status": 200,
+              "ok": True, **fields}
+    return UsageRecord.objects.bulk_create(UsageRecord(request_id=uuid.uuid4().hex, **values) for _ in range(count))
 
 
 def test_two_exporters_never_claim_the_same_record(transactional_db: Any) -> None:

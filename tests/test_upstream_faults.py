@@ -12,6 +12,8 @@ from tests.mock_upstream import Behaviour
 
 HELLO = [{"role": "user", "content": "hi"}]
 
+pytestmark = pytest.mark.usefixtures("upstream_path")
+
 
 def stream_lines(portal, key) -> list[str]:
     with httpx.stream(

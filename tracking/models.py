@@ -55,7 +55,7 @@ class UsageRecordManager(models.Manager["UsageRecord"]):
 
     def release(self, token: str) -> int:
         """Give back what a claim did not export, so the next run takes it."""
-        return self.filter(export_claim=token, exported_at__isnull=True).update(
+        return self.filter(export_claim=token).update(
             export_claim="", export_claimed_at=None
         )
 
@@ -66,7 +66,8 @@ class UsageRecordManager(models.Manager["UsageRecord"]):
             done = 0
             for request_id, trace_id in trace_ids.items():
                 done += self.filter(export_claim=token, request_id=request_id).update(
-                    exported_at=now, mlflow_trace_id=trace_id, mlflow_experiment=experiment.get(request_id, "")
+                    exported_at=now, mlflow_trace_id=trace_id, mlflow_experiment=experiment.get(request_id, ""),
+                    export_claim="", export_claimed_at=None,
                 )
         return done
 

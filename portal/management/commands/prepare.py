@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +13,39 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
+from django.db import connection
+
+# The PostgreSQL advisory lock every `prepare` takes: any fixed 64-bit number, the same in all processes.
+PREPARE_LOCK_KEY = 0x6C6C6D2D70726570  # "llm-prep"
+
+
+@contextmanager
+def one_at_a_time() -> Iterator[None]:
+    """Replicas starting together run `prepare` one after another: the next waits, then finds the
+    migrations applied and the admin created. On PostgreSQL a session advisory lock (the server drops
+    it if the process dies); on SQLite a file lock beside the database (one host)."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [PREPARE_LOCK_KEY])
+        try:
+            yield
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [PREPARE_LOCK_KEY])
+        return
+    with open(f"{connection.settings_dict['NAME']}.prepare-lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        yield
 
 
 class Command(BaseCommand):
     help = "Migrate, collect static, import PORTAL_CONFIG, load the built-in catalog, create the UI_USERNAME admin."
 
     def handle(self, *args: Any, **options: Any) -> None:
+        with one_at_a_time():
+            self.prepare()
+
+    def prepare(self) -> None:
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         config = Path(settings.PORTAL_CONFIG)
