@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 4000
 export PORT
 
-.PHONY: run test install lint check bench clean
+.PHONY: run test install lint check bench bench-litellm clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; run with PYTHON=python3"; exit 1; }
@@ -32,7 +32,14 @@ check: install
 	$(PY) manage.py makemigrations --check --dry-run
 
 bench: install
-	$(PY) bench/bench.py
+	$(PY) bench/bench.py $(BENCH_ARGS)
+
+# The same run plus LiteLLM Proxy on the same mocks, from its own venv (never a dependency of the portal).
+LITELLM_VENV := .venv-litellm
+bench-litellm: install
+	test -x $(LITELLM_VENV)/bin/litellm || { $(PYTHON) -m venv $(LITELLM_VENV) && \
+		$(LITELLM_VENV)/bin/pip install --quiet 'litellm[proxy]==1.108.*'; }
+	$(PY) bench/bench.py --litellm --litellm-bin $(LITELLM_VENV)/bin/litellm $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) data

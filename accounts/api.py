@@ -75,7 +75,7 @@ class Page(LimitOffsetPagination):
     max_limit = 1000
 
 
-class OperatorAPI:
+class OperatorViewSet(viewsets.GenericViewSet):
     authentication_classes = [MasterKeyAuthentication, SessionAuthentication]
     permission_classes = [IsOperator]
     pagination_class = Page
@@ -90,7 +90,7 @@ class ModelLimitSerializer(serializers.ModelSerializer):
 
 
 class ApiKeySerializer(serializers.ModelSerializer):
-    owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    owner: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="username", read_only=True)
     status = serializers.CharField(read_only=True)
     model_limits = ModelLimitSerializer(many=True, read_only=True)
 
@@ -116,7 +116,9 @@ def known_models() -> set[str]:
 
 
 class CreateApiKeySerializer(serializers.Serializer):
-    owner = serializers.SlugRelatedField(slug_field="username", queryset=User.objects.all())
+    owner: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", queryset=User.objects.all()
+    )
     name = serializers.CharField(max_length=100)
     expires = serializers.DateTimeField(required=False, allow_null=True, default=None)
     allowed_models = serializers.ListField(child=serializers.CharField(max_length=200), required=False, default=list)
@@ -165,7 +167,7 @@ class CreateApiKeySerializer(serializers.Serializer):
 
 
 @extend_schema(tags=["keys"])
-class ApiKeyViewSet(OperatorAPI, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class ApiKeyViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OperatorViewSet):
     """Every user's API keys. The secret is never returned, except once by create."""
 
     serializer_class = ApiKeySerializer
@@ -225,7 +227,7 @@ class UserUsageSerializer(serializers.ModelSerializer):
 
 
 @extend_schema(tags=["users"])
-class UserUsageViewSet(OperatorAPI, mixins.ListModelMixin, viewsets.GenericViewSet):
+class UserUsageViewSet(mixins.ListModelMixin, OperatorViewSet):
     """Users with their key counts and when a key of theirs was last used."""
 
     serializer_class = UserUsageSerializer

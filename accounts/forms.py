@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.utils import timezone
@@ -35,7 +35,8 @@ class CreateKeyForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.user = user
         self.policy = KeyPolicy.for_user(user)
-        self.fields["models"].choices = [(n, n) for n in self.policy.selectable_models(catalog_names())]
+        models = cast(forms.MultipleChoiceField, self.fields["models"])
+        models.choices = [(n, n) for n in self.policy.selectable_models(catalog_names())]
 
     def clean_name(self) -> str:
         name: str = self.cleaned_data["name"].strip()
@@ -70,7 +71,7 @@ class ApiKeyAdminForm(forms.ModelForm):
         # Names the key already has stay listed even when that model is switched off, so none is lost.
         current = list(self.instance.allowed_models or []) if self.instance.pk else []
         names = sorted(set(catalog_names()) | set(current))
-        self.fields["allowed_models"].choices = [(n, n) for n in names]
+        cast(forms.MultipleChoiceField, self.fields["allowed_models"]).choices = [(n, n) for n in names]
         self.initial["allowed_models"] = current
 
     def clean_allowed_models(self) -> list[str]:
@@ -91,7 +92,8 @@ class KeyPolicyForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         current = list(self.instance.allowed_models or []) if self.instance.pk else []
-        self.fields["allowed_models"].choices = [(n, n) for n in sorted(set(catalog_names()) | set(current))]
+        names = sorted(set(catalog_names()) | set(current))
+        cast(forms.MultipleChoiceField, self.fields["allowed_models"]).choices = [(n, n) for n in names]
         self.initial["allowed_models"] = current
 
     def clean_allowed_models(self) -> list[str]:

@@ -13,13 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponseBase
 from django.template.response import TemplateResponse
 from django_ratelimit.core import get_usage
 
 log = logging.getLogger("accounts.auth")
 
-View = Callable[..., HttpResponse]
+View = Callable[..., HttpResponseBase]
 
 
 def _username(group: str, request: HttpRequest) -> str:
@@ -51,17 +51,17 @@ def throttled_login(view: View) -> View:
     """Wrap a login view: refuse POSTs over the limit with 429, count the ones that fail."""
 
     @functools.wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if request.method != "POST":
             return view(request, *args, **kwargs)
         retry_after = is_throttled(request)
         if retry_after is not None:
             log.warning("login throttled: user=%s ip=%s", _username("", request), request.META.get("REMOTE_ADDR"))
-            response: HttpResponse = TemplateResponse(
+            throttled = TemplateResponse(
                 request, "accounts/throttled.html", {"retry_after": retry_after}, status=429
             )
-            response["Retry-After"] = str(retry_after)
-            return response
+            throttled["Retry-After"] = str(retry_after)
+            return throttled
         response = view(request, *args, **kwargs)
         # A failed login re-renders the form (200); a successful one redirects.
         if response.status_code == 200:

@@ -59,7 +59,7 @@ WORKERS = 2
 NON_STREAMING_LEVELS = (1, 16, 32, 64)
 STREAMING_LEVELS = (1, 16, 32)
 QUOTA_CONCURRENCY = 32
-QUOTA_ROUNDS = 2
+QUOTA_ROUNDS = 4
 # Variables of the caller's environment the portal must not see: real provider keys, another database.
 SCRUBBED_ENV = (
     "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "PORTAL_CONFIG", "OPENROUTER_API_KEY", "GEMINI_API_KEY",
@@ -77,6 +77,8 @@ class Plan:
     quota_concurrency: int | None
     litellm: bool
     quick: bool
+    # Idle CPU burn (seconds per second) of each server process tree, by pid, measured before the load.
+    idle_cpu: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -138,6 +140,23 @@ def redis_url(mode: str) -> str | None:
             raise SystemExit(f"Redis at {REDIS_URL} is not usable: {e}") from None
         print(f"Redis not reachable ({type(e).__name__}); running without it", flush=True)
         return None
+
+
+def redis_script_time(url: str | None) -> tuple[int, float]:
+    """Calls of Lua scripts (the quota checks) so far and the microseconds Redis spent in them, from
+    INFO commandstats. The server may be shared: other clients' scripts are counted too, which is small
+    next to a benchmark level's thousands of calls."""
+    if url is None:
+        return 0, 0.0
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    scripts = [v for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_evalsha_ro")]
+    return sum(int(v["calls"]) for v in scripts), sum(float(v["usec"]) for v in scripts)
 
 
 def largest_window_log(url: str | None) -> int | None:
@@ -252,14 +271,26 @@ def start_litellm(children: Children, servers: Servers, run_dir: Path, binary: P
 # --- levels -------------------------------------------------------------------------------------------------
 
 
-def measure(target: Target, server: Child, stream: bool, concurrency: int, plan: Plan) -> tuple[LevelResult, float]:
-    """Run one level against one target; returns it with the server tree's CPU ms per request."""
+def idle_cpu_rate(server: Child, seconds: float = 2.0) -> float:
+    """CPU seconds per second the server burns doing nothing (timers, background writers)."""
     before = cpu_seconds_of_tree(server.pid)
-    result = drive(run_level(target, stream=stream, concurrency=concurrency, requests=plan.requests,
-                             seconds=plan.seconds, warmup=plan.warmup))
-    used = cpu_seconds_of_tree(server.pid) - before
+    time.sleep(seconds)
+    return (cpu_seconds_of_tree(server.pid) - before) / seconds
+
+
+def measure(
+    target: Target, server: Child, stream: bool, concurrency: int, plan: Plan, *, requests: int | None = None,
+    seconds: float | None = None,
+) -> tuple[LevelResult, float]:
+    """Run one level against one target; returns it with the server tree's CPU ms per request (its idle
+    burn over the level's wall time taken out, so a slow level is not charged for the server's timers)."""
+    cpu_before, wall_before = cpu_seconds_of_tree(server.pid), time.perf_counter()
+    result = drive(run_level(target, stream=stream, concurrency=concurrency, requests=requests or plan.requests,
+                             seconds=seconds or plan.seconds, warmup=plan.warmup))
+    used = cpu_seconds_of_tree(server.pid) - cpu_before
+    used -= plan.idle_cpu.get(server.pid, 0.0) * (time.perf_counter() - wall_before)
     total = result.sent + result.warmup
-    return result, round(used * 1000 / total, 3) if total else 0.0
+    return result, round(max(used, 0.0) * 1000 / total, 3) if total else 0.0
 
 
 def run_levels(servers: Servers, plan: Plan, litellm_key: str) -> tuple[list[dict[str, Any]], int]:
@@ -306,18 +337,39 @@ def run_quota_comparison(servers: Servers, plan: Plan) -> tuple[dict[str, Any], 
     off = Target("portal", chat, models["unlimited"], {"Authorization": f"Bearer {servers.setup['key_unlimited']}"})
     on = Target("portal", chat, models["limited"], {"Authorization": f"Bearer {servers.setup['key']}"})
     per_round = max(plan.requests // QUOTA_ROUNDS, 1)
+    redis = servers.env.get("REDIS_URL")
     parts: dict[str, list[LevelResult]] = {"without_limits": [], "with_limits": []}
+    cpu: dict[str, list[float]] = {"without_limits": [], "with_limits": []}
+    scripts: dict[str, list[float]] = {"without_limits": [0, 0.0], "with_limits": [0, 0.0]}
     for _ in range(QUOTA_ROUNDS):
         for name, target in (("without_limits", off), ("with_limits", on)):
-            parts[name].append(drive(run_level(target, stream=False, concurrency=plan.quota_concurrency,
-                                               requests=per_round, seconds=plan.seconds / QUOTA_ROUNDS,
-                                               warmup=plan.warmup)))
+            calls, usec = redis_script_time(redis)
+            result, cpu_ms = measure(target, servers.portal, False, plan.quota_concurrency, plan,
+                                     requests=per_round, seconds=plan.seconds / QUOTA_ROUNDS)
+            calls_after, usec_after = redis_script_time(redis)
+            scripts[name][0] += calls_after - calls
+            scripts[name][1] += usec_after - usec
+            parts[name].append(result)
+            cpu[name].append(cpu_ms)
     merged = {name: merge(results) for name, results in parts.items()}
     sent = sum(r.sent + r.warmup for results in parts.values() for r in results)
     summary: dict[str, Any] = {"concurrency": plan.quota_concurrency, "rounds": QUOTA_ROUNDS}
-    summary.update({name: result.summary() for name, result in merged.items()})
-    summary["p50_diff_ms"] = report.diff(summary["with_limits"]["p50_ms"], summary["without_limits"]["p50_ms"])
-    summary["p99_diff_ms"] = report.diff(summary["with_limits"]["p99_ms"], summary["without_limits"]["p99_ms"])
+    for name, result in merged.items():
+        served = sum(r.sent + r.warmup for r in parts[name]) or 1
+        summary[name] = {
+            **result.summary(),
+            "cpu_ms_per_request": round(sum(cpu[name]) / len(cpu[name]), 3),
+            "redis_script_calls_per_request": round(scripts[name][0] / served, 2) if redis else None,
+            "redis_script_ms_per_request": round(scripts[name][1] / 1000 / served, 3) if redis else None,
+        }
+    on_run, off_run = summary["with_limits"], summary["without_limits"]
+    summary["p50_diff_ms"] = report.diff(on_run["p50_ms"], off_run["p50_ms"])
+    summary["p99_diff_ms"] = report.diff(on_run["p99_ms"], off_run["p99_ms"])
+    # Work per request, which the machine's other load does not inflate: portal CPU plus Redis script time.
+    summary["work_diff_ms"] = round(
+        on_run["cpu_ms_per_request"] - off_run["cpu_ms_per_request"]
+        + (on_run["redis_script_ms_per_request"] or 0) - (off_run["redis_script_ms_per_request"] or 0), 3
+    )
     summary["largest_window_entries"] = largest_window_log(servers.env.get("REDIS_URL"))
     print(f"quota checks c={plan.quota_concurrency}: without limits p50 {summary['without_limits']['p50_ms']} ms, "
           f"with limits p50 {summary['with_limits']['p50_ms']} ms -> {summary['p50_diff_ms']} ms", flush=True)
@@ -358,8 +410,12 @@ def run(plan: Plan, args: argparse.Namespace, children: Children, run_dir: Path)
     prepare_portal(servers)
     startup = {"portal_s": round(start_portal(children, servers), 3)}
     assert servers.portal is not None
+    # CPU spent starting (imports, workers' boot): unlike the wall time, other tenants do not inflate it.
+    startup["portal_cpu_s"] = round(cpu_seconds_of_tree(servers.portal.pid), 2)
     time.sleep(1.0)  # let the workers finish booting before the idle figure
     memory: dict[str, Any] = {"portal": {"idle": memory_of_tree(servers.portal.pid).as_dict()}}
+    for server in (servers.mock, servers.paced, servers.portal):
+        plan.idle_cpu[server.pid] = idle_cpu_rate(server, 1.0 if plan.quick else 2.0)
     print(f"portal up in {startup['portal_s']} s on {servers.portal_url}; key: {servers.setup['key_kind']}",
           flush=True)
     litellm_key = ""
@@ -367,8 +423,10 @@ def run(plan: Plan, args: argparse.Namespace, children: Children, run_dir: Path)
         seconds, litellm_key = start_litellm(children, servers, run_dir, Path(args.litellm_bin))
         assert servers.litellm is not None
         startup["litellm_s"] = round(seconds, 3)
+        startup["litellm_cpu_s"] = round(cpu_seconds_of_tree(servers.litellm.pid), 2)
         time.sleep(1.0)
         memory["litellm"] = {"idle": memory_of_tree(servers.litellm.pid).as_dict()}
+        plan.idle_cpu[servers.litellm.pid] = idle_cpu_rate(servers.litellm, 1.0 if plan.quick else 2.0)
         print(f"LiteLLM Proxy up in {startup['litellm_s']} s", flush=True)
 
     levels, portal_requests = run_levels(servers, plan, litellm_key)
@@ -407,6 +465,9 @@ def run(plan: Plan, args: argparse.Namespace, children: Children, run_dir: Path)
         },
         "startup": startup,
         "memory": memory,
+        "idle_cpu_ms_per_s": {name: round(plan.idle_cpu[child.pid] * 1000, 2)
+                              for name, child in (("mock", servers.mock), ("portal", servers.portal),
+                                                  ("litellm", servers.litellm)) if child is not None},
         "levels": levels,
         "quota": quota,
         "usage": usage,

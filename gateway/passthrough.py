@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 from django.conf import settings
 
@@ -37,20 +37,25 @@ def eligible(route: Route) -> bool:
 
 class PassthroughUpstream:
     def __init__(self) -> None:
-        self._clients: dict[int, httpx.AsyncClient] = {}
+        self._sessions: dict[int, aiohttp.ClientSession] = {}
 
-    def _client(self) -> httpx.AsyncClient:
-        # One pooled client per event loop (each worker has one loop; tests may have several).
+    def _session(self) -> aiohttp.ClientSession:
+        # One pooled session per event loop (each worker has one loop; tests may have several). aiohttp's
+        # client costs a fraction of httpx's per request, which is most of this path's own overhead.
         loop_id = id(asyncio.get_running_loop())
-        client = self._clients.get(loop_id)
-        if client is None:
-            client = httpx.AsyncClient(
-                timeout=httpx.Timeout(settings.UPSTREAM_TIMEOUT, connect=min(settings.UPSTREAM_TIMEOUT, 10)),
-                limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200, keepalive_expiry=60),
-                follow_redirects=False,
-            )
-            self._clients[loop_id] = client
-        return client
+        session = self._sessions.get(loop_id)
+        if session is None or session.closed:
+            connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
+            session = aiohttp.ClientSession(connector=connector, auto_decompress=True, skip_auto_headers=["User-Agent"])
+            self._sessions[loop_id] = session
+        return session
+
+    async def aclose(self) -> None:
+        """Close this loop's pooled connections (at shutdown)."""
+        loop_id = id(asyncio.get_running_loop())
+        session = self._sessions.pop(loop_id, None)
+        if session is not None:
+            await session.close()
 
     async def _request(self, route: Route, body: dict[str, Any], stream: bool) -> tuple[str, dict[str, str], bytes]:
         kwargs = providers.call_kwargs(route, {})
@@ -63,7 +68,7 @@ class PassthroughUpstream:
             raise UpstreamError(502, f"Provider '{route.provider_name}' has no base URL configured.",
                                 code="upstream_not_configured")
         headers = {"Authorization": f"Bearer {kwargs['api_key']}", "Content-Type": "application/json",
-                   **(kwargs.get("extra_headers") or {})}
+                   "User-Agent": "llm-portal", **(kwargs.get("extra_headers") or {})}
         payload = {k: v for k, v in body.items() if k not in RESERVED_FIELDS}
         payload.update({k: v for k, v in route.params.items() if k not in LITELLM_ONLY})
         payload["model"] = route.upstream_model
@@ -76,37 +81,43 @@ class PassthroughUpstream:
     async def complete(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
         url, headers, payload = await self._request(route, body, stream=False)
         try:
-            response = await self._client().post(url, content=payload, headers=headers, timeout=timeout())
-        except httpx.HTTPError as e:
+            async with self._session().post(url, data=payload, headers=headers, timeout=timeout()) as response:
+                content = await response.read()
+                if response.status >= 400:
+                    raise error_for_status(route, response.status, content.decode(errors="replace"),
+                                           response.headers)
+        except (aiohttp.ClientError, TimeoutError) as e:
             raise transport_error(e, route) from None
-        if response.status_code >= 400:
-            raise error_for_status(route, response.status_code, response.text, response.headers)
-        return parse_completion(response.content, route)
+        return parse_completion(content, route)
 
     async def stream(self, route: Route, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         url, headers, payload = await self._request(route, body, stream=True)
-        client = self._client()
         try:
-            request = client.build_request("POST", url, content=payload, headers=headers, timeout=timeout())
-            response = await client.send(request, stream=True)
-        except httpx.HTTPError as e:
+            response = await self._session().post(url, data=payload, headers=headers, timeout=timeout())
+        except (aiohttp.ClientError, TimeoutError) as e:
             raise transport_error(e, route) from None
+        finished = False
         try:
-            if response.status_code >= 400:
-                await response.aread()
-                raise error_for_status(route, response.status_code, response.text, response.headers)
-            async for chunk in sse_chunks(response, route):
+            if response.status >= 400:
+                text = (await response.read()).decode(errors="replace")
+                raise error_for_status(route, response.status, text, response.headers)
+            async for chunk in sse_chunks(response.content, route):
                 yield chunk
-        except httpx.HTTPError as e:
+            finished = True
+        except (aiohttp.ClientError, TimeoutError) as e:
             raise transport_error(e, route) from None
         finally:
-            # Also runs when the client went away: closing the response drops the upstream connection.
-            await response.aclose()
+            if finished:
+                response.release()  # back to the pool for the next request
+            else:
+                # Cut short (client gone, stalled, failed): drop the connection so the upstream stops too.
+                response.close()
 
 
-def timeout() -> httpx.Timeout:
-    # Read per request, so a changed setting applies without rebuilding the pooled client.
-    return httpx.Timeout(settings.UPSTREAM_TIMEOUT, connect=min(settings.UPSTREAM_TIMEOUT, 10))
+def timeout() -> aiohttp.ClientTimeout:
+    # Read per request, so a changed setting applies without rebuilding the pooled session.
+    limit = settings.UPSTREAM_TIMEOUT
+    return aiohttp.ClientTimeout(total=None, sock_connect=min(limit, 10), sock_read=limit)
 
 
 def parse_completion(content: bytes, route: Route) -> dict[str, Any]:
@@ -122,17 +133,18 @@ def parse_completion(content: bytes, route: Route) -> dict[str, Any]:
     return data
 
 
-async def sse_chunks(response: httpx.Response, route: Route) -> AsyncIterator[dict[str, Any]]:
+async def sse_chunks(lines: AsyncIterator[bytes], route: Route) -> AsyncIterator[dict[str, Any]]:
     """The JSON chunks of an OpenAI SSE stream; a malformed line or a stream cut short is an error."""
-    async for line in response.aiter_lines():
-        if not line or line.startswith(":"):
+    async for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith(b":"):
             continue  # blank separators and SSE comments (keep-alives)
-        if not line.startswith("data:"):
-            if line.startswith(("event:", "id:", "retry:")):
+        if not line.startswith(b"data:"):
+            if line.startswith((b"event:", b"id:", b"retry:")):
                 continue
             raise malformed(route, "a malformed stream line")
         data = line[5:].strip()
-        if data == "[DONE]":
+        if data == b"[DONE]":
             return
         try:
             chunk = orjson.loads(data)
@@ -161,11 +173,11 @@ def embedded_error(error: Any, route: Route) -> UpstreamError:
                          code="upstream_error", upstream_status=502)
 
 
-def transport_error(e: httpx.HTTPError, route: Route) -> UpstreamError:
+def transport_error(e: BaseException, route: Route) -> UpstreamError:
     where = f"provider '{route.provider_name}' (model '{route.public_name}')"
-    if isinstance(e, httpx.TimeoutException):
+    if isinstance(e, (TimeoutError, aiohttp.ServerTimeoutError)):
         return UpstreamError(504, f"Timed out waiting for {where}.", code="upstream_timeout")
-    if isinstance(e, httpx.RemoteProtocolError):
+    if isinstance(e, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError)):
         return UpstreamError(502, f"{where} closed the connection mid-response.", code="upstream_connection_error",
                              upstream_status=502)
     return UpstreamError(502, f"Could not reach {where}.", code="upstream_connection_error", upstream_status=500)

@@ -144,18 +144,13 @@ class LiteLLMUpstream:
         Not litellm.aspeech: for Gemini that runs a synchronous completion in a thread (which a client
         disconnect cannot cancel); acompletion with modalities=["audio"] is the same request, async.
         """
-        litellm = _litellm()
         fields = {
             "messages": [{"role": "user", "content": body["input"]}],
             "modalities": ["audio"],
             # LiteLLM maps OpenAI's voice names (alloy, …) to Gemini's prebuilt voices (Kore, …).
             "audio": {"voice": body["voice"], "format": "pcm16"},
         }
-        kwargs = await self._call_kwargs(route, fields)
-        try:
-            response = await litellm.acompletion(**kwargs)
-        except Exception as e:
-            raise await self._failed(e, route) from None
+        response = await self._acompletion(route, fields)
         audio = response.choices[0].message.audio if response.choices else None
         if audio is None or not audio.data:
             raise UpstreamError(502, f"Provider '{route.provider_name}' (model '{route.public_name}') returned no "
@@ -179,7 +174,7 @@ class LiteLLMUpstream:
         try:
             response = await litellm.aembedding(**kwargs)
         except Exception as e:
-            raise await self._failed(e, route) from None
+            raise translate_error(e, route) from None
         result: dict[str, Any] = response.model_dump(exclude_none=True)
         if body.get("encoding_format") == "base64":
             # Asked of the provider as floats (not every provider, e.g. Gemini, offers base64), encoded here
@@ -199,19 +194,26 @@ def _clean(message: str) -> str:
     return message[:1000]
 
 
-def _headers(exc: Exception) -> dict[str, str]:
-    response = getattr(exc, "response", None)
-    # LiteLLM's OpenRouter errors carry an empty response; the provider's headers are kept on the exception.
-    raw = (
-        getattr(response, "headers", None)
-        or getattr(exc, "headers", None)
-        or getattr(exc, "litellm_response_headers", None)
-        or {}
-    )
-    try:
-        return {str(k).lower(): str(v) for k, v in raw.items()}
-    except AttributeError:
-        return {}
+def _headers(exc: BaseException) -> dict[str, str]:
+    """The provider's response headers. LiteLLM does not always keep them where one looks first: its
+    OpenRouter errors hold them in litellm_response_headers, its OpenAI-like embedding errors only on the
+    httpx error they were raised from."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            break
+        raw = (
+            getattr(getattr(seen, "response", None), "headers", None)
+            or getattr(seen, "headers", None)
+            or getattr(seen, "litellm_response_headers", None)
+        )
+        if raw:
+            try:
+                return {str(k).lower(): str(v) for k, v in raw.items()}
+            except AttributeError:
+                pass
+        seen = seen.__cause__ or seen.__context__
+    return {}
 
 
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")

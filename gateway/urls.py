@@ -1,6 +1,7 @@
 from django.urls import path, re_path
 
 from gateway import views
+from gateway.compat import views as compat
 
 urlpatterns = [
     path("v1/chat/completions", views.chat_completions),
@@ -14,6 +15,11 @@ urlpatterns = [
     path("audio/speech", views.audio_speech),
     path("v1/embeddings", views.embeddings),
     path("embeddings", views.embeddings),
+    # Anthropic's Messages API and OpenAI's Responses API, over the chat path (gateway/compat/).
+    path("v1/messages", compat.messages),
+    path("v1/messages/count_tokens", compat.count_tokens),
+    path("v1/responses", compat.create_response),
+    path("v1/responses/<str:response_id>", compat.response_detail),
     re_path(r"^v1(?:/(?P<rest>.*))?$", views.v1_not_found),
     path("health/liveliness", views.liveliness),
     path("health/liveness", views.liveliness),

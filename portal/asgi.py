@@ -7,6 +7,8 @@ go to a handler without middleware. Everything else is plain Django.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from typing import Any
 
@@ -17,16 +19,24 @@ import django
 django.setup(set_prefix=False)
 
 from asgiref.sync import sync_to_async  # noqa: E402
+from django.core.exceptions import RequestAborted  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
 
-from gateway import quota, upstream  # noqa: E402
+from gateway import passthrough, quota, upstream  # noqa: E402
 from portal.lean import GATEWAY_PREFIXES, reject_oversized  # noqa: E402
 from tracking import recorder  # noqa: E402
 
 
 class GatewayHandler(ASGIHandler):
-    """Django's ASGI handler with an empty middleware chain."""
+    """Django's ASGI handler, trimmed for the gateway paths.
+
+    No middleware (the admin's is sync and would hop to a thread per request), and none of the per-request
+    thread work Django's handler does: a fresh thread-sensitive executor (a new thread per request), and the
+    request_started/request_finished signals whose receivers are sync. Gateway views do their rare database
+    work through gateway.db, which manages its own connections. Everything else — request parsing, URL
+    resolution, views, and cancelling the view when the client disconnects — is Django's own code.
+    """
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware = []
@@ -34,6 +44,39 @@ class GatewayHandler(ASGIHandler):
         self._exception_middleware = []
         handler = self._get_response_async if is_async else self._get_response
         self._middleware_chain = convert_exception_to_response(handler)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        try:
+            request, error_response = self.create_request(scope, body_file)
+            if request is None:
+                await self.send_response(error_response, send)
+                return
+            await self._serve(request, receive, send)
+        finally:
+            body_file.close()
+
+    async def _serve(self, request: Any, receive: Any, send: Any) -> None:
+        async def process_request() -> None:
+            response = await self.run_get_response(request)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass  # the client disconnected while we were sending
+
+        # As Django does: whichever ends first — the response, or the client going away — ends the other,
+        # so a disconnect cancels the view (and with it the upstream call).
+        listener = asyncio.create_task(self.listen_for_disconnect(receive))
+        worker = asyncio.create_task(process_request())
+        await asyncio.wait([listener, worker], return_when=asyncio.FIRST_COMPLETED)
+        for task in (listener, worker):
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RequestAborted):
+                await task
 
 
 # LiteLLM takes seconds to import: do it now (once, in gunicorn's master with --preload), never inside the
@@ -64,6 +107,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
         elif message["type"] == "lifespan.shutdown":
             # Daily quota counts not yet in the database must survive the restart.
             await sync_to_async(quota.ledger.flush)()
+            await passthrough.instance.aclose()
             # Buffered usage records too (gunicorn's SIGTERM -> uvicorn runs this after in-flight requests).
             await sync_to_async(recorder.shutdown, thread_sensitive=False)()
             await send({"type": "lifespan.shutdown.complete"})

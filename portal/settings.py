@@ -283,6 +283,10 @@ QUOTA_WAIT_POLL_SECONDS = envfloat("QUOTA_WAIT_POLL_SECONDS", "0.25")
 # Daily and monthly limits of API keys reset at midnight in this time zone.
 KEY_QUOTA_TIMEZONE = envstr("KEY_QUOTA_TIMEZONE", "UTC")
 
+# --- Responses API (gateway/compat/responses.py) ---
+# How long a stored response stays usable as previous_response_id (seconds, kept in the cache).
+RESPONSES_TTL_SECONDS = envint("RESPONSES_TTL_SECONDS", "3600")
+
 # --- Usage records (tracking/) ---
 # Buffered records are written every USAGE_FLUSH_SECONDS, or as soon as USAGE_FLUSH_BATCH wait.
 USAGE_FLUSH_SECONDS = envfloat("USAGE_FLUSH_SECONDS", "0.5")

@@ -25,6 +25,7 @@ from tests.mlflow_server import mlflow_server  # noqa: F401  (a session fixture:
 from tests.mock_gemini import MockGemini
 from tests.mock_github import MockGitHub
 from tests.mock_upstream import MockUpstream
+from tests.personas import personas  # noqa: F401  (alice, bob, charlie and an operator)
 
 
 def pytest_configure(config: Any) -> None:
@@ -55,7 +56,7 @@ class LiveServer:
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(application, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        config = uvicorn.Config(application, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 from accounts import keys
 from accounts.models import ApiKey, KeyPolicy
 from gateway.models import Deployment, Provider
-from tests.personas import issue, personas  # noqa: F401
+from tests.personas import issue
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def test_creating_a_key_shows_its_plaintext_once(operator, personas, catalog, ca
 
 def test_the_revoke_action_revokes_and_takes_effect_at_once(operator, personas):
     key, token = issue(personas.alice)
-    other, other_token = issue(personas.bob)
+    _, other_token = issue(personas.bob)
     assert async_to_sync(keys.resolve_token)(token)
     response = operator.post("/admin/accounts/apikey/", {"action": "revoke", "_selected_action": [key.pk]})
     assert response.status_code == 302

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from tests.personas import PASSWORD, personas  # noqa: F401
+from tests.personas import PASSWORD
 
 RATE = 3
 

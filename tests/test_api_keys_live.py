@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from accounts.models import ApiKey
 from tests.conftest import make_deployment, make_provider
-from tests.personas import issue, personas  # noqa: F401
+from tests.personas import issue
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import make_deployment, make_provider
-from tests.personas import PASSWORD, personas  # noqa: F401
+from tests.personas import PASSWORD
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"

@@ -15,7 +15,7 @@ from django.utils import timezone
 from accounts import keys
 from accounts.models import ApiKey
 from gateway.models import Deployment, Provider
-from tests.personas import issue, personas  # noqa: F401
+from tests.personas import issue
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def call(client: Client, method: str, url: str, key: ApiKey):
 
 @pytest.mark.parametrize("who", ["alice", "bob", "charlie"])
 def test_users_sessions_get_403_and_no_data(personas, who):
-    key, token = issue(personas.alice)
+    key, _ = issue(personas.alice)
     client = session(getattr(personas, who))
     for method, url in ENDPOINTS:
         response = call(client, method, url, key)

@@ -249,3 +249,27 @@ def test_deployments_of_a_disabled_provider_are_not_served(client, mock, builtin
         client.chat.completions.create(model="github/gpt-4o", messages=HELLO)
     assert mock.requests == []
     assert Deployment.objects.filter(public_name="github/gpt-4o").exists()
+
+
+# --- embeddings on these kinds ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("provider", "upstream_model", "path", "key"),
+    [
+        ("github_models", "openai/text-embedding-3-small", "/inference/embeddings", "GITHUB_API_KEY"),
+        ("openrouter", "openai/text-embedding-3-small", "/api/v1/embeddings", "OPENROUTER_API_KEY"),
+        ("lm_studio", "text-embedding-nomic-embed-text-v1.5", "/v1/embeddings", "LM_STUDIO_API_KEY"),
+    ],
+)
+def test_embeddings_reach_each_kind_at_its_path(client, mock, builtin, provider, upstream_model, path, key):
+    make_deployment(Provider.objects.get(name=provider), public_name="embedder", upstream_model=upstream_model,
+                    model_info={"mode": "embedding"})
+
+    result = client.embeddings.create(model="embedder", input=["one", "two"])
+
+    assert len(result.data) == 2
+    sent = mock.requests_for("/embeddings")[-1]
+    assert sent.path == path
+    assert sent.json["model"] == upstream_model
+    assert sent.headers["authorization"] == f"Bearer {CREDENTIALS[key]}"

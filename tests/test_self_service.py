@@ -13,7 +13,7 @@ from accounts.models import ApiKey, ApiKeyModelLimit, KeyPolicy
 from accounts.views import NEW_KEY
 from gateway.auth import KeyLimits
 from gateway.models import Deployment, Provider
-from tests.personas import PASSWORD, issue, personas  # noqa: F401
+from tests.personas import PASSWORD, issue
 
 
 def resolve(token):

@@ -127,6 +127,7 @@ def test_a_json_tags_header_is_accepted(client: openai.OpenAI, deployment: Any) 
 
 def test_bodies_are_kept_only_when_a_rule_says_so(client: openai.OpenAI, deployment: Any) -> None:
     chat(client)
+    wait_for_records(1)
     BodyLoggingRule.objects.create(model="test-model")
     recorder.recorder.forget_rules()
     raw = chat(client)
@@ -209,7 +210,7 @@ def test_200_concurrent_requests_make_exactly_200_records(portal: Any, master_ke
             raw = await api.chat.completions.with_raw_response.create(
                 model="test-model", messages=messages, stream=True
             )
-            async for _ in await raw.parse():
+            async for _ in raw.parse():
                 pass
         else:
             raw = await api.chat.completions.with_raw_response.create(model="test-model", messages=messages)

@@ -1,0 +1,231 @@
+"""POST /v1/messages (Anthropic), POST /v1/responses (OpenAI Responses): thin async views over the chat path.
+
+Each view follows gateway.views.chat_completions step for step (authenticate, validate, route, the router's
+quota admission and fallback, usage recording through finish()), with a translation at both ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+
+from gateway import media, router
+from gateway.auth import authenticate
+from gateway.calls import Call, finish
+from gateway.compat import anthropic, responses
+from gateway.errors import GatewayError
+from gateway.upstream import UpstreamError, default_upstream
+from gateway.validation import json_body
+from gateway.views import (
+    CHAT_MODES,
+    View,
+    _with_keepalive,
+    gateway_view,
+    json_response,
+    routes_for,
+    sse_response,
+    with_headers,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _failed(call: Call, error: GatewayError) -> None:
+    call.status, call.error_code, call.error_message = error.status, error.code, error.message
+    finish(call)
+
+
+def _internal_error() -> GatewayError:
+    return GatewayError(500, "Internal error in the portal.", code="internal_error")
+
+
+class Renderer(Protocol):
+    """Turns the upstream's chat chunks into one API's stream events."""
+
+    def start(self) -> bytes: ...
+
+    def feed(self, chunk: dict[str, Any]) -> bytes: ...
+
+    def keepalive(self) -> bytes: ...
+
+    async def end(self) -> bytes: ...
+
+    def error(self, error: GatewayError) -> bytes: ...
+
+
+async def translated_events(
+    call: Call, renderer: Renderer, first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[bytes]:
+    """gateway.views.sse_events with a translation: the stream's generator owns the call and finishes it."""
+    call.status = 200
+    try:
+        yield renderer.start()
+        if first is not None:
+            call.mark_first_token()
+            call.take_chunk(first)
+            if out := renderer.feed(first):
+                yield out
+        async for chunk in _with_keepalive(chunks):
+            if chunk is None:
+                yield renderer.keepalive()
+                continue
+            call.take_chunk(chunk)
+            if out := renderer.feed(chunk):
+                yield out
+        yield await renderer.end()
+    except UpstreamError as e:
+        # Headers (200) are already sent: the error travels in-band, never as a silent success.
+        call.error_code, call.error_message = e.code, e.message
+        yield renderer.error(e)
+    except (asyncio.CancelledError, GeneratorExit):
+        call.client_disconnected = True
+        call.error_code = "client_disconnected"
+        raise
+    except Exception:
+        log.error("translating the stream of %s failed", call.request_id, exc_info=True)
+        error = _internal_error()
+        call.error_code, call.error_message = error.code, error.message
+        yield renderer.error(error)
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+        finish(call)
+
+
+# --- Anthropic Messages ------------------------------------------------------------------------------------
+
+
+def anthropic_view(*methods: str) -> Any:
+    """gateway_view's guarantees (method check, request id, no unhandled error) with Anthropic's envelope."""
+
+    def decorator(view: View) -> View:
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+            request_id = uuid.uuid4().hex
+            request.request_id = request_id  # type: ignore[attr-defined]
+            try:
+                if request.method not in methods:
+                    raise GatewayError(405, f"Method {request.method} is not allowed here; use {', '.join(methods)}.",
+                                       code="method_not_allowed", headers={"Allow": ", ".join(methods)})
+                response = await view(request, *args, **kwargs)
+            except GatewayError as e:
+                response = anthropic.error_response(e, request_id)
+            except Exception:
+                log.error("unhandled error on %s", request.path, exc_info=True)
+                response = anthropic.error_response(_internal_error(), request_id)
+            response["x-request-id"] = request_id
+            response["request-id"] = request_id  # where Anthropic's SDK looks for it
+            return response
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+@anthropic_view("POST")
+async def messages(request: HttpRequest) -> HttpResponseBase:
+    call = Call.begin(request, "messages")
+    try:
+        call.principal = await authenticate(request)
+        body = json_body(request)
+        call.request_body = body
+        parsed = anthropic.parse_request(body)
+        call.model, call.streamed = parsed.model, parsed.stream
+        routes = await routes_for(call.principal, parsed.model)
+        media.refuse_other_modes(routes, parsed.model, "messages", CHAT_MODES)
+        routes = media.routes_for_images(routes, parsed.images, parsed.model)
+        upstream = default_upstream()
+        message_id = f"msg_{call.request_id}"
+        if parsed.stream:
+            first, chunks = await router.open_stream(upstream, routes, parsed.chat, call)
+            # From here the stream's generator owns the call and finishes it.
+            stream = anthropic.MessageStream(parsed, message_id)
+            response = sse_response(translated_events(call, stream, first, chunks))
+            return with_headers(response, call.rate_headers())
+        result = await router.complete(upstream, routes, parsed.chat, call)
+        call.take_usage(result.get("usage"))
+        message = anthropic.message(result, parsed, message_id)
+    except GatewayError as e:
+        _failed(call, e)
+        raise
+    except Exception:
+        _failed(call, _internal_error())
+        raise
+    call.status = 200
+    call.response_body = message
+    finish(call)
+    return with_headers(json_response(message), call.rate_headers())
+
+
+@anthropic_view("POST")
+async def count_tokens(request: HttpRequest) -> HttpResponse:
+    """An estimate of the prompt's size with the model's tokenizer; no upstream call, no quota spent."""
+    principal = await authenticate(request)
+    parsed = anthropic.parse_request(json_body(request), counting=True)
+    routes = await routes_for(principal, parsed.model)
+    # Tokenizing a long conversation takes milliseconds of CPU: off the event loop, not on the one sync thread.
+    count = await sync_to_async(anthropic.count_tokens, thread_sensitive=False)(routes[0].litellm_model, parsed.chat)
+    return json_response({"input_tokens": count})
+
+
+# --- OpenAI Responses --------------------------------------------------------------------------------------
+
+
+@gateway_view("POST")
+async def create_response(request: HttpRequest) -> HttpResponseBase:
+    call = Call.begin(request, "responses")
+    try:
+        call.principal = await authenticate(request)
+        body = json_body(request)
+        call.request_body = body
+        parsed = responses.parse_request(body)
+        call.model, call.streamed = parsed.model, parsed.stream
+        routes = await routes_for(call.principal, parsed.model)
+        media.refuse_other_modes(routes, parsed.model, "responses", CHAT_MODES)
+        routes = media.routes_for_images(routes, parsed.images, parsed.model)
+        owner = responses.owner_of(call.principal)
+        history: list[dict[str, Any]] = []
+        if parsed.previous_response_id:
+            entry = await responses.recall(parsed.previous_response_id, owner, param="previous_response_id")
+            history = entry["messages"]
+        chat = parsed.chat(history)
+        upstream = default_upstream()
+        response_id = f"resp_{call.request_id}"
+        if parsed.stream:
+            first, chunks = await router.open_stream(upstream, routes, chat, call)
+            # From here the stream's generator owns the call and finishes it.
+            stream = responses.ResponseStream(parsed, response_id, owner, history)
+            return with_headers(sse_response(translated_events(call, stream, first, chunks)), call.rate_headers())
+        result = await router.complete(upstream, routes, chat, call)
+        call.take_usage(result.get("usage"))
+        response, answer = responses.complete(parsed, result, response_id)
+        if parsed.store:
+            await responses.remember(response, owner, [*history, *parsed.input, responses.assistant_message(answer)])
+    except GatewayError as e:
+        _failed(call, e)
+        raise
+    except Exception:
+        _failed(call, _internal_error())
+        raise
+    call.status = 200
+    call.response_body = response
+    finish(call)
+    return with_headers(json_response(response), call.rate_headers())
+
+
+@gateway_view("GET", "DELETE")
+async def response_detail(request: HttpRequest, response_id: str) -> HttpResponse:
+    """A stored response (GET), or forget it (DELETE); only for the key that created it."""
+    owner = responses.owner_of(await authenticate(request))
+    if request.method == "DELETE":
+        await responses.forget(response_id, owner)
+        return json_response({"id": response_id, "object": "response", "deleted": True})
+    entry = await responses.recall(response_id, owner)
+    return json_response(entry["response"])
