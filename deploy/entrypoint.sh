@@ -48,7 +48,7 @@ case "$role" in
             --concurrency "${CELERY_CONCURRENCY:-2}" --hostname "worker@%h"
         ;;
     beat)
-        # The pid file is what the healthcheck looks at; the working directory is not writable.
+        # The pid file is what the compose healthcheck looks at.
         exec celery -A portal beat --loglevel "${CELERY_LOG_LEVEL:-INFO}" --pidfile /tmp/celerybeat.pid
         ;;
     prepare)

@@ -11,7 +11,7 @@ same conformance tests.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -133,7 +133,7 @@ def parse_completion(content: bytes, route: Route) -> dict[str, Any]:
     return data
 
 
-async def sse_chunks(lines: AsyncIterator[bytes], route: Route) -> AsyncIterator[dict[str, Any]]:
+async def sse_chunks(lines: AsyncIterable[bytes], route: Route) -> AsyncIterator[dict[str, Any]]:
     """The JSON chunks of an OpenAI SSE stream; a malformed line or a stream cut short is an error."""
     async for raw in lines:
         line = raw.strip()

@@ -28,7 +28,7 @@ from gateway.validation import json_body, parse_chat, parse_embeddings, parse_sp
 
 log = logging.getLogger(__name__)
 
-View = Callable[..., Awaitable[HttpResponse]]
+View = Callable[..., Awaitable[HttpResponseBase]]
 KEEPALIVE_SECONDS = 15.0
 
 
@@ -36,12 +36,13 @@ def json_response(data: Any, status: int = 200) -> HttpResponse:
     return HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
 
 
-def gateway_view(*methods: str) -> Callable[[View], View]:
+# Django's stubs type views as sync; async views are awaited by Django all the same.
+def gateway_view(*methods: str) -> Callable[[View], Any]:
     """Method check, request id, and the guarantee that every failure is a JSON envelope."""
 
     def decorator(view: View) -> View:
         @functools.wraps(view)
-        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
             request_id = uuid.uuid4().hex
             request.request_id = request_id  # type: ignore[attr-defined]
             try:
@@ -77,7 +78,7 @@ async def routes_for(principal: Principal, model: str) -> tuple[Route, ...]:
 
 
 @gateway_view("POST")
-async def chat_completions(request: HttpRequest) -> HttpResponse:
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     call = Call.begin(request, "chat.completions")
     try:
         call.principal = await authenticate(request)
@@ -111,7 +112,7 @@ CHAT_MODES = ("chat", "completion", "responses")
 
 
 @gateway_view("POST")
-async def audio_speech(request: HttpRequest) -> HttpResponse:
+async def audio_speech(request: HttpRequest) -> HttpResponseBase:
     """OpenAI's text-to-speech: the audio bytes, with their content type."""
     call = Call.begin(request, "audio.speech")
     try:
@@ -138,7 +139,7 @@ async def audio_speech(request: HttpRequest) -> HttpResponse:
 
 
 @gateway_view("POST")
-async def embeddings(request: HttpRequest) -> HttpResponse:
+async def embeddings(request: HttpRequest) -> HttpResponseBase:
     call = Call.begin(request, "embeddings")
     try:
         call.principal = await authenticate(request)

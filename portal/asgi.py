@@ -39,10 +39,10 @@ class GatewayHandler(ASGIHandler):
     """
 
     def load_middleware(self, is_async: bool = False) -> None:
-        self._view_middleware = []
-        self._template_response_middleware = []
-        self._exception_middleware = []
-        handler = self._get_response_async if is_async else self._get_response
+        self._view_middleware: list[Any] = []
+        self._template_response_middleware: list[Any] = []
+        self._exception_middleware: list[Any] = []
+        handler = self._get_response_async if is_async else self._get_response  # type: ignore[attr-defined]
         self._middleware_chain = convert_exception_to_response(handler)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -53,6 +53,7 @@ class GatewayHandler(ASGIHandler):
         try:
             request, error_response = self.create_request(scope, body_file)
             if request is None:
+                assert error_response is not None
                 await self.send_response(error_response, send)
                 return
             await self._serve(request, receive, send)

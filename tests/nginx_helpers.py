@@ -32,7 +32,7 @@ DEPLOY = ROOT / "deploy"
 TEMPLATE = DEPLOY / "nginx" / "templates" / "portal.conf.template"
 SNIPPETS = DEPLOY / "nginx" / "snippets"
 PLACEHOLDERS = (
-    "SERVER_NAME", "PORTAL_UPSTREAM", "NGINX_HTTP_LISTEN", "NGINX_HTTPS_LISTEN",
+    "SERVER_NAME", "PORTAL_UPSTREAM", "NGINX_RESOLVER", "NGINX_HTTP_LISTEN", "NGINX_HTTPS_LISTEN",
     "NGINX_CERT_DIR", "NGINX_SNIPPETS", "ACME_WEBROOT", "NGINX_LOG_DIR",
 )
 
@@ -123,9 +123,12 @@ def tls_context(ca_file: Path) -> ssl.SSLContext:
 def render_site(values: dict[str, str], template: Path = TEMPLATE) -> str:
     """Fill the template's ${NAME} placeholders like the image's envsubst does; refuse leftovers, which
     Nginx would reject at start."""
-    text = template.read_text()
+    lines = template.read_text().splitlines(keepends=True)
     for name in PLACEHOLDERS:
-        text = text.replace("${" + name + "}", values[name])
+        # Comments are left alone: a multi-line value (several upstream servers) must not break out of one.
+        lines = [line if line.lstrip().startswith("#") else line.replace("${" + name + "}", values[name])
+                 for line in lines]
+    text = "".join(line for line in lines if not line.lstrip().startswith("#"))
     leftover = sorted(set(re.findall(r"\$\{[A-Za-z_]+\}", text)))
     if leftover:
         raise ValueError(f"unfilled placeholders in {template.name}: {leftover}")
@@ -172,6 +175,8 @@ class Nginx:
         self.values = {
             "SERVER_NAME": server_name,
             "PORTAL_UPSTREAM": upstream_servers(upstreams),
+            # Loopback addresses need no lookup; the resolver is only named, never asked.
+            "NGINX_RESOLVER": "127.0.0.1",
             "NGINX_HTTP_LISTEN": f"127.0.0.1:{self.http_port}",
             "NGINX_HTTPS_LISTEN": f"127.0.0.1:{self.https_port}",
             "NGINX_CERT_DIR": str(cert_dir),

@@ -7,6 +7,7 @@ types and exception classes, so will the agents.
 from __future__ import annotations
 
 import base64
+import socket
 import time
 from typing import Any
 
@@ -151,7 +152,7 @@ def test_it_refuses_an_image_on_an_internal_address_naming_the_block(claude, ups
     assert upstream.requests_for("/chat/completions") == []
 
 
-def test_a_tool_use_round_trip(claude, upstream, deployment):
+def test_a_tool_use_round_trip(claude, upstream, deployment, upstream_path):
     upstream.behaviour = Behaviour(reply="Let me look.", tool_calls=[{"name": "get_weather",
                                                                       "arguments": {"city": "Paris"}}])
     ask = {"role": "user", "content": "Weather in Paris?"}
@@ -228,7 +229,7 @@ def test_running_out_of_max_tokens_is_reported_as_max_tokens(claude, upstream, d
     assert message.stop_reason == "max_tokens"
 
 
-def test_a_stop_sequence_is_reported_when_the_upstream_names_it(claude, upstream, deployment):
+def test_a_stop_sequence_is_reported_when_the_upstream_names_it(claude, upstream, deployment, upstream_path):
     upstream.behaviour = Behaviour(reply="one two three four")
     message = claude.messages.create(model="test-model", max_tokens=50, messages=HELLO, stop_sequences=[" three"])
     assert sent(upstream)["stop"] == [" three"]
@@ -273,7 +274,7 @@ def test_the_sdk_assembles_a_streamed_answer(claude, upstream, deployment):
     assert final.usage.output_tokens == 4 and final.usage.input_tokens == 2
 
 
-def test_it_streams_tool_calls_as_input_json_deltas(portal, master_key, claude, upstream, deployment):
+def test_it_streams_tool_calls_as_input_json_deltas(portal, master_key, claude, upstream, deployment, upstream_path):
     upstream.behaviour = Behaviour(reply="Checking.", tool_calls=[
         {"name": "get_weather", "arguments": {"city": "Paris"}},
         {"name": "get_weather", "arguments": {"city": "Oslo"}},
@@ -296,14 +297,30 @@ def test_it_streams_tool_calls_as_input_json_deltas(portal, master_key, claude, 
     assert [block.input for block in final.content[1:]] == [{"city": "Paris"}, {"city": "Oslo"}]
 
 
-def test_an_upstream_failure_mid_stream_ends_with_an_error_event(claude, upstream, deployment):
+def test_an_upstream_failure_mid_stream_ends_with_an_error_event(claude, upstream, deployment, upstream_path):
     upstream.behaviour = Behaviour(reply="one two three four five six", disconnect_after_chunks=3)
-    with pytest.raises(anthropic.APIStatusError) as caught:  # noqa: PT012
+    with pytest.raises(anthropic.APIStatusError) as caught:
         with claude.messages.stream(model="test-model", max_tokens=50, messages=HELLO) as stream:
             for _ in stream:
                 pass
     assert caught.value.body["type"] == "error"
     assert caught.value.body["error"]["type"] == "api_error"
+
+
+def test_a_client_disconnect_closes_the_upstream_stream_and_is_recorded(portal, master_key, upstream, deployment):
+    recorder.flush()
+    UsageRecord.objects.all().delete()
+    upstream.behaviour = Behaviour(reply=" ".join(["word"] * 50), chunk_delay=0.2)
+    body = orjson.dumps({"model": "test-model", "max_tokens": 100, "stream": True, "messages": HELLO})
+    sock = socket.create_connection(("127.0.0.1", portal.port))
+    sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"x-api-key: {master_key}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert b"200" in sock.recv(4096)
+    sock.close()
+    # 50 chunks at 0.2 s would take 10 s; the upstream must see us leave within a few.
+    assert upstream.disconnected.wait(timeout=5)
+    [record] = wait_for_records(1, endpoint="messages")
+    assert record.streamed and record.client_disconnected and record.error_code == "client_disconnected"
 
 
 # --- errors ----------------------------------------------------------------------------------------------

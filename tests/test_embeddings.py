@@ -9,7 +9,9 @@ import httpx
 import openai
 import pytest
 
+from gateway.errors import GatewayError
 from gateway.models import Deployment, Provider
+from gateway.validation import parse_embeddings
 from tests.catalog_setup import CREDENTIALS, load_builtin_catalog
 from tests.conftest import make_deployment
 from tests.mock_gemini import API_KEY, embedding_values
@@ -131,14 +133,17 @@ def test_an_undeclared_model_is_tried(client, upstream, builtin):
     assert client.embeddings.create(model="nomic-embed-text", input="first").data
 
 
-@pytest.mark.parametrize(
-    "value",
-    ["", [], [""], ["a", 1], [[1, 2], "a"], {"text": "a"}, 42],
-)
-def test_an_invalid_input_is_a_400(portal, master_key, upstream, builtin, value):
+@pytest.mark.parametrize("value", ["", [], [""], ["a", 1], [[1, 2], "a"], [[]], {"text": "a"}, 42, True])
+def test_an_invalid_input_names_the_field(value):
+    with pytest.raises(GatewayError) as caught:
+        parse_embeddings({"model": "m", "input": value})
+    assert (caught.value.status, caught.value.param) == (400, "input")
+
+
+def test_an_invalid_input_is_a_400_before_any_provider_is_asked(portal, master_key, upstream, builtin):
     response = httpx.post(
         f"{portal.url}/v1/embeddings",
-        json={"model": "nomic-embed-text", "input": value},
+        json={"model": "nomic-embed-text", "input": ["a", 1]},
         headers={"Authorization": f"Bearer {master_key}"},
     )
     assert response.status_code == 400

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 from django.conf import settings
 
-from tests.conftest import free_port
 from tests import processes
+from tests.conftest import free_port
 from tracking.models import UsageRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,13 +51,13 @@ def test_sigterm_to_gunicorn_writes_every_buffered_record(deployment: Any, tmp_p
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "gunicorn.log").read_text()
             time.sleep(0.2)
-        print('booted', time.monotonic())
 
         def one(i: int) -> str:
             response = httpx.post(
                 f"{url}/v1/chat/completions", timeout=30,
                 headers={"Authorization": f"Bearer {settings.MASTER_KEY}"},
-                json={"model": "test-model", "messages": [{"role": "user", "content": f"hi {i}"}], "stream": i % 3 == 0},
+                json={"model": "test-model", "messages": [{"role": "user", "content": f"hi {i}"}],
+                      "stream": i % 3 == 0},
             )
             assert response.status_code == 200
             return response.headers["x-request-id"]
@@ -66,10 +66,8 @@ def test_sigterm_to_gunicorn_writes_every_buffered_record(deployment: Any, tmp_p
             request_ids = set(pool.map(one, range(40)))
         assert UsageRecord.objects.count() == 0  # all still buffered in the workers
 
-        print('requests done', time.monotonic())
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-        print('stopped', time.monotonic())
     finally:
         if proc.poll() is None:
             proc.kill()

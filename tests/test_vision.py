@@ -9,7 +9,8 @@ import socket
 import openai
 import pytest
 
-from gateway.media import is_internal_host
+from gateway.errors import GatewayError
+from gateway.media import is_internal_host, parse_image
 from tests.catalog_setup import CREDENTIALS, load_builtin_catalog
 from tests.mock_gemini import proto_field
 
@@ -103,10 +104,7 @@ def test_images_go_only_to_the_deployments_that_see(client, gemini, upstream, bu
     "url",
     [
         "http://127.0.0.1/cat.png",
-        "https://localhost:8443/cat.png",
         "http://169.254.169.254/latest/meta-data/iam/",
-        "http://[::ffff:127.0.0.1]/cat.png",
-        "http://2130706433/cat.png",
     ],
 )
 def test_image_urls_on_local_or_private_addresses_are_refused(client, upstream, builtin, url):
@@ -123,12 +121,24 @@ def test_a_public_address_is_passed_on_to_an_openai_compatible_provider(client, 
     assert upstream.requests[-1].json["messages"][0]["content"][1]["image_url"]["url"] == url
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/cat.png", "data:text/html;base64,PGI+",
-                                 "data:image/png,rawbytes"])
-def test_only_http_urls_and_base64_image_data_urls_are_accepted(client, upstream, builtin, url):
-    with pytest.raises(openai.BadRequestError) as caught:
-        client.chat.completions.create(model="qwen3-vl-8b", messages=with_image(url))
-    assert caught.value.code == "invalid_image_url"
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd", "ftp://example.com/cat.png", "data:text/html;base64,PGI+", "data:image/png,rawbytes",
+        "https:///cat.png", "https://localhost:8443/cat.png", "http://[::ffff:127.0.0.1]/cat.png",
+        "http://2130706433/cat.png", "gs://bucket/cat.png",
+    ],
+)
+def test_only_public_http_urls_and_base64_image_data_urls_are_accepted(url):
+    with pytest.raises(GatewayError) as caught:
+        parse_image({"url": url}, "messages[0].content[1].image_url")
+    assert (caught.value.status, caught.value.code) == (400, "invalid_image_url")
+
+
+@pytest.mark.parametrize("url", [PNG_URL, "https://images.example.com/cat.png", "http://93.184.215.14/x"])
+def test_public_urls_and_image_data_urls_are_accepted(url):
+    assert parse_image({"url": url, "detail": "low"}, "x").url == url
+    assert parse_image(url, "x").url == url  # the bare-string form some clients send
 
 
 def test_an_image_part_without_url_names_the_field(client, upstream, builtin):
@@ -142,7 +152,8 @@ def test_an_image_part_without_url_names_the_field(client, upstream, builtin):
     ("host", "internal"),
     [
         ("localhost", True), ("LOCALHOST.", True), ("metadata.localhost", True), ("10.1.2.3", True),
-        ("192.168.1.20", True), ("0.0.0.0", True), ("0x7f.1", True), ("127.0.0.53", True), ("::1", True), ("fe80::1%eth0", True),
+        ("192.168.1.20", True), ("0.0.0.0", True), ("0x7f.1", True), ("127.0.0.53", True), ("::1", True),
+        ("fe80::1%eth0", True),
         ("fd00::1", True), ("100.64.0.1", True), ("172.16.5.4", True), ("127.1", True), ("0177.0.0.1", True),
         ("example.com", False), ("8.8.8.8", False), ("2606:4700:4700::1111", False), ("1password.com", False),
     ],

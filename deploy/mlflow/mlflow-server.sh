@@ -24,5 +24,5 @@ exec mlflow server \
     --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" \
     --artifacts-destination "${MLFLOW_ARTIFACTS_DESTINATION:-/mlflow/artifacts}" \
     --serve-artifacts \
-    --host 0.0.0.0 --port 5001 \
+    --host "${MLFLOW_HOST:-0.0.0.0}" --port 5001 \
     --workers "${MLFLOW_WORKERS:-1}"

@@ -192,20 +192,20 @@ def _text_of(block: dict[str, Any], where: str) -> str:
 
 def _image_part(block: dict[str, Any], where: str, images: list[Image]) -> dict[str, Any]:
     source = block.get("source")
-    kind = source.get("type") if isinstance(source, dict) else None
-    if kind == "base64":
-        assert isinstance(source, dict)
+    if not isinstance(source, dict) or source.get("type") not in ("base64", "url"):
+        raise _invalid(f"{where}.source", "expected a source of type 'base64' or 'url'.")
+    if source["type"] == "base64":
         media_type, data = source.get("media_type"), source.get("data")
         if not isinstance(media_type, str) or not media_type.startswith("image/"):
             raise _invalid(f"{where}.source.media_type", "expected an image type such as image/png.")
         if not isinstance(data, str) or not data:
             raise _invalid(f"{where}.source.data", "expected base64 image data.")
         url = f"data:{media_type};base64,{data}"
-    elif kind == "url":
-        assert isinstance(source, dict)
-        url = source.get("url")
     else:
-        raise _invalid(f"{where}.source", "expected a source of type 'base64' or 'url'.")
+        raw = source.get("url")
+        if not isinstance(raw, str) or not raw:
+            raise _invalid(f"{where}.source.url", "expected an https URL.")
+        url = raw
     images.append(parse_image(url, f"{where}.source"))
     return {"type": "image_url", "image_url": {"url": url}}
 
@@ -417,7 +417,7 @@ class MessageStream:
     def start(self) -> bytes:
         # The upstream reports input tokens only at the end: an estimate now, the real count in message_delta.
         estimate = len(orjson.dumps(self.request.chat["messages"])) // 4 + 1
-        message = {
+        message: dict[str, Any] = {
             "id": self.message_id, "type": "message", "role": "assistant", "model": self.request.model,
             "content": [], "stop_reason": None, "stop_sequence": None,
             "usage": {"input_tokens": estimate, "output_tokens": 0},

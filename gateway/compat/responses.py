@@ -173,10 +173,18 @@ def _part(part: Any, where: str, images: list[Image]) -> dict[str, Any]:
         url = part.get("image_url")
         if not isinstance(url, str) or not url:
             raise _invalid(f"{where}.image_url", "expected an https URL or a data: URL (file_id is not supported).")
-        images.append(parse_image(url, f"{where}.image_url"))
+        images.append(_image(url, f"{where}.image_url"))
         image_url = {"url": url} | ({"detail": part["detail"]} if isinstance(part.get("detail"), str) else {})
         return {"type": "image_url", "image_url": image_url}
     raise _invalid(f"{where}.type", f"'{kind}' parts are not supported; use input_text or input_image.")
+
+
+def _image(url: str, where: str) -> Image:
+    try:
+        return parse_image(url, where)
+    except GatewayError as e:
+        # parse_image names chat's image_url.url; here image_url is the URL itself.
+        raise bad_request(e.message.replace(f"'{where}.url'", f"'{where}'"), param=where, code=e.code) from None
 
 
 def _string(item: dict[str, Any], name: str, where: str) -> str:

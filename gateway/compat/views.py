@@ -135,7 +135,7 @@ async def messages(request: HttpRequest) -> HttpResponseBase:
     try:
         call.principal = await authenticate(request)
         body = json_body(request)
-        call.request_body = body
+        call.take_body(body)
         parsed = anthropic.parse_request(body)
         call.model, call.streamed = parsed.model, parsed.stream
         routes = await routes_for(call.principal, parsed.model)
@@ -184,7 +184,7 @@ async def create_response(request: HttpRequest) -> HttpResponseBase:
     try:
         call.principal = await authenticate(request)
         body = json_body(request)
-        call.request_body = body
+        call.take_body(body)
         parsed = responses.parse_request(body)
         call.model, call.streamed = parsed.model, parsed.stream
         routes = await routes_for(call.principal, parsed.model)
