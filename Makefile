@@ -16,8 +16,23 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 install: $(VENV)/.installed
 
+# `make run` also starts the Celery worker with its beat (usage export to MLflow, daily counters, purge) and,
+# when the full mlflow package is installed and MLFLOW_TRACKING_URI is not set, the MLflow UI on
+# 127.0.0.1:$(MLFLOW_PORT) over the embedded store data/mlflow.db. All of them stop with gunicorn.
+MLFLOW_PORT ?= 5001
+
 run: install
 	$(PY) manage.py prepare
+	@trap 'kill $$(jobs -p) 2>/dev/null' EXIT; \
+	data="$${PORTAL_DATA_DIR:-$(CURDIR)/data}"; \
+	if [ -z "$$MLFLOW_TRACKING_URI" ] && $(PY) -c "import flask, mlflow.server" 2>/dev/null; then \
+		echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)"; \
+		MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
+			--backend-store-uri "sqlite:///$$data/mlflow.db" --default-artifact-root "$$data/mlflow-artifacts" \
+			--workers 1 >"$$data/mlflow-server.log" 2>&1 & \
+	fi; \
+	$(VENV)/bin/celery -A portal worker -B --concurrency 1 --loglevel WARNING \
+		--schedule "$$data/celerybeat-schedule" & \
 	$(VENV)/bin/gunicorn portal.asgi:application -c deploy/gunicorn.conf.py
 
 test: install

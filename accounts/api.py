@@ -22,6 +22,7 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from accounts import usage
 from accounts.models import SELF_SERVE_PERMISSION, ApiKey, ApiKeyModelLimit
 from gateway.auth import KeyLimits, token_from
 
@@ -216,14 +217,23 @@ class UserUsageSerializer(serializers.ModelSerializer):
     active_keys = serializers.IntegerField(source="n_active_keys", read_only=True)
     last_used = serializers.DateTimeField(read_only=True)
     may_self_serve = serializers.SerializerMethodField()
+    requests_today = serializers.SerializerMethodField(help_text="Requests with this user's keys since 00:00 UTC.")
+    tokens_today = serializers.SerializerMethodField(help_text="Tokens with this user's keys since 00:00 UTC.")
 
     class Meta:
         model = User
-        fields = ["id", "username", "is_active", "is_staff", "may_self_serve", "keys", "active_keys", "last_used"]
+        fields = ["id", "username", "is_active", "is_staff", "may_self_serve", "keys", "active_keys", "last_used",
+                  "requests_today", "tokens_today"]
         read_only_fields = fields
 
     def get_may_self_serve(self, user: Any) -> bool:
         return user.pk in self.context["self_servers"]
+
+    def get_requests_today(self, user: Any) -> int:
+        return int(self.context["today"].get(user.pk, {}).get("requests", 0))
+
+    def get_tokens_today(self, user: Any) -> int:
+        return int(self.context["today"].get(user.pk, {}).get("tokens", 0))
 
 
 @extend_schema(tags=["users"])
@@ -243,8 +253,11 @@ class UserUsageViewSet(mixins.ListModelMixin, OperatorViewSet):
             last_used=Max("api_keys__last_used"),
         )
 
-    def get_serializer_context(self) -> dict[str, Any]:
-        # One query for everyone, rather than has_perm() per user.
-        ids = set(User.objects.with_perm(SELF_SERVE_PERMISSION).values_list("pk", flat=True))  # type: ignore[attr-defined]
-        return {**super().get_serializer_context(), "self_servers": ids}
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        page = self.paginate_queryset(self.get_queryset()) or []
+        # A few queries for the whole page, rather than has_perm() and a usage query per user.
+        self_servers = set(User.objects.with_perm(SELF_SERVE_PERMISSION).values_list("pk", flat=True))  # type: ignore[attr-defined]
+        context = {**self.get_serializer_context(), "self_servers": self_servers,
+                   "today": usage.today_by_user([user.pk for user in page])}
+        return self.get_paginated_response(UserUsageSerializer(page, many=True, context=context).data)
 

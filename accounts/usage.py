@@ -1,31 +1,59 @@
-"""What the key pages and the management API show about use and quota.
-
-Usage is recorded by the tracking app and enforced by gateway.quota; this module only reads them, so the
-pages degrade to "configured limits" while either is not there.
-"""
+"""What the key pages show about use and quota: read from tracking (usage records) and gateway.quota
+(the live counters); this module only reads them."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from accounts.forms import catalog_names
+from accounts.keys import load_entry
 from accounts.models import ApiKey
+from gateway.auth import KeyLimits
+from gateway.quota import key_status
+from tracking.usage import usage_today_by_key
 
-# tracking.usage.usage_today_by_key(key_ids) -> {key_id: {"requests": n, "tokens": n}} did not exist when
-# this was written; until it does, pages leave the "today" column out.
-AVAILABLE = False
+# The limits of a key, in the order of the page's columns: (gateway.quota's name, KeyLimits field).
+KINDS = [("rpm", "rpm"), ("rpd", "rpd"), ("tpd", "tokens_per_day"), ("tokens_per_month", "tokens_per_month")]
 
 
-def today_by_key(key_ids: list[int]) -> dict[int, dict[str, Any]]:
-    return {}
+def today_by_key(key_ids: list[int]) -> dict[int, dict[str, int]]:
+    """{key id: {"requests": n, "tokens": n}} since midnight UTC; keys without use are absent."""
+    return usage_today_by_key(key_ids) if key_ids else {}
+
+
+def today_by_user(user_ids: list[int]) -> dict[int, dict[str, int]]:
+    """{user id: {"requests": n, "tokens": n}} today, summed over each user's keys."""
+    owners = dict(ApiKey.objects.filter(owner_id__in=user_ids).values_list("id", "owner_id"))
+    totals: dict[int, dict[str, int]] = {}
+    for key_id, used in today_by_key(list(owners)).items():
+        total = totals.setdefault(owners[key_id], {"requests": 0, "tokens": 0})
+        total["requests"] += used["requests"]
+        total["tokens"] += used["tokens"]
+    return totals
 
 
 def quota_rows(key: ApiKey) -> list[dict[str, Any]]:
-    """Per model the key may use: its configured limits (blank fields inherit the key's).
-
-    gateway.quota.key_status(principal) will add what is left today and when it resets; the template
-    shows `remaining_requests`, `remaining_tokens` and `resets_at` when a row has them.
-    """
+    """Per model the key may use, per kind of limit: the limit, and for a usable key what is left and when
+    it resets (the tighter of the key-wide and the per-model counter)."""
     limits, per_model = key.principal_limits()
     names = key.allowed_models or catalog_names()
-    return [{"model": name, "limits": per_model.get(name, limits)} for name in names]
+    principal = load_entry(key.prefix, 0).principal  # None for a revoked or expired key: nothing is left
+    status = {row["model"]: row["limits"] for row in key_status(principal, names)} if principal else {}
+    return [
+        {"model": name, "cells": _cells(per_model.get(name, limits), status.get(name, []))} for name in names
+    ]
+
+
+def _cells(limits: KeyLimits, counters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    cells = []
+    for kind, field in KINDS:
+        found = [c for c in counters if c["limit_name"] == kind]
+        tightest = min(found, key=lambda c: c["remaining"]) if found else None
+        cells.append({
+            "limit": getattr(limits, field),
+            "remaining": tightest["remaining"] if tightest else None,
+            "resets_at": dt.datetime.fromisoformat(tightest["resets_at"]) if tightest and tightest["resets_at"]
+            else None,
+        })
+    return cells

@@ -38,7 +38,6 @@ def key_list(request: HttpRequest) -> HttpResponse:
         key.today = today.get(key.pk)  # type: ignore[attr-defined]
     context = {
         "keys": keys,
-        "usage_available": usage.AVAILABLE,
         "active_count": active,
         "cap": policy.key_cap,
     }
@@ -80,7 +79,6 @@ def key_detail(request: HttpRequest, pk: int) -> HttpResponse:
         "token": token,
         "quota": usage.quota_rows(key),
         "usage": usage.today_by_key([key.pk]).get(key.pk),
-        "usage_available": usage.AVAILABLE,
     }
     return render(request, "accounts/key_detail.html", context)
 

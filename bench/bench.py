@@ -252,7 +252,8 @@ def litellm_config(servers: Servers, path: Path) -> str:
 
 
 def start_litellm(children: Children, servers: Servers, run_dir: Path, binary: Path) -> tuple[float, str]:
-    """LiteLLM Proxy with 2 workers and no database (its Prisma mode cannot start offline)."""
+    """LiteLLM Proxy with 2 workers and no database (its Prisma mode cannot start offline), under gunicorn with
+    preload like the portal: its plain uvicorn multi-worker mode kills workers still importing after 5 s."""
     config = run_dir / "litellm.yaml"
     master = litellm_config(servers, config)
     port = free_port()
@@ -262,7 +263,7 @@ def start_litellm(children: Children, servers: Servers, run_dir: Path, binary: P
     env.pop("DJANGO_SETTINGS_MODULE", None)
     servers.litellm = children.start(
         "litellm", [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-                    "--num_workers", str(WORKERS)], env
+                    "--num_workers", str(WORKERS), "--run_gunicorn"], env
     )
     servers.litellm_url = f"http://127.0.0.1:{port}"
     return servers.litellm.wait_http(servers.litellm_url + "/health/liveliness", timeout=180), master

@@ -414,6 +414,10 @@ def _quota_text(snap: dict[str, Any]) -> str:
 
 # provider id -> (token, when to look at the shared cache again)
 _memory: dict[int, tuple[CopilotToken, float]] = {}
+# provider id -> (error, until): a provider found unconnected or revoked answers from here for a few
+# seconds instead of costing a database query (or a GitHub call) per request; connecting clears it.
+_unusable: dict[int, tuple[UpstreamError, float]] = {}
+UNUSABLE_SECONDS = 5.0
 # One refresh at a time per provider and event loop, so a burst after expiry exchanges once.
 _locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, asyncio.Lock]] = weakref.WeakKeyDictionary()
 
@@ -462,11 +466,20 @@ async def session_for(route: Route) -> CopilotToken:
     entry = _memory.get(route.provider_id)
     if entry and entry[0].fresh(now) and now < entry[1]:
         return entry[0]
+    if (known := _unusable.get(route.provider_id)) and now < known[1]:
+        error = known[0]
+        raise UpstreamError(error.status, error.message, code=error.code, upstream_status=error.upstream_status)
     async with _lock(route.provider_id):
         entry = _memory.get(route.provider_id)
         if entry and entry[0].fresh(now) and now < entry[1]:
             return entry[0]  # another request refreshed it while we waited
-        token = await _from_cache(route.provider_id, now) or await _from_db_or_github(route, now)
+        try:
+            token = await _from_cache(route.provider_id, now) or await _from_db_or_github(route, now)
+        except UpstreamError as e:
+            if e.code in ("copilot_not_connected", "copilot_reconnect_required"):
+                _unusable[route.provider_id] = (e, now + UNUSABLE_SECONDS)
+            raise
+        _unusable.pop(route.provider_id, None)
         redact.register(token.token)
         _memory[route.provider_id] = (token, now + RECHECK_SECONDS)
         return token
@@ -527,6 +540,7 @@ async def _exchange(route: Route, github_token: str) -> CopilotToken:
 def forget(provider_id: int) -> None:
     """Drop the cached Copilot token everywhere (reconnect, disconnect, or Copilot rejected it)."""
     _memory.pop(provider_id, None)
+    _unusable.pop(provider_id, None)
     cache.delete(CACHE_KEY.format(provider_id))
 
 
@@ -541,6 +555,7 @@ async def aforget(provider_id: int) -> None:
 def forget_all() -> None:
     """Empty this process's memory copies (tests; the shared cache is cleared separately)."""
     _memory.clear()
+    _unusable.clear()
     _locks.clear()
 
 

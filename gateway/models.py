@@ -385,6 +385,8 @@ class CopilotAuth(models.Model):
         self.source, self.connected_at, self.revoked_at = source, timezone.now(), None
         self.copilot_token_encrypted, self.copilot_expires_at, self.copilot_api_base = "", None, ""
         self.end_flow()
+        # load_catalog created Copilot providers disabled until a login exists: this is that login.
+        self.provider.enable_if_awaiting_credential()
 
     def disconnect(self) -> None:
         # "disconnected" (not ""), so a LiteLLM token dir is not adopted again behind the operator's back.

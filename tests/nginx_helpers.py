@@ -264,6 +264,7 @@ def portal_env(workdir: Path, port: int, **extra: str) -> dict[str, str]:
         WEB_CONCURRENCY="1",
         ACCESS_LOG="true",
         LOG_LEVEL="WARNING",
+        GRACEFUL_TIMEOUT="5",
     )
     env.update(extra)
     return env

@@ -132,3 +132,11 @@ def test_users_who_are_not_staff_cannot_open_the_admin(personas, who):
     client.force_login(getattr(personas, who))
     response = client.get("/admin/accounts/apikey/")
     assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
+
+
+def test_admin_pages_send_security_headers(operator):
+    for response in (operator.get("/admin/accounts/apikey/"), Client().get("/admin/login/")):
+        assert response["X-Frame-Options"] == "DENY"
+        assert response["X-Content-Type-Options"] == "nosniff"
+        assert response["Referrer-Policy"] == "same-origin"
+        assert response["Cross-Origin-Opener-Policy"] == "same-origin"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from django.test import Client
 
@@ -58,3 +63,12 @@ def test_the_throttle_is_logged_without_the_password(personas, caplog):
         attempt("/admin/login/", "alice", "hunter2-wrong")
     assert "login throttled: user=alice ip=10.0.0.1" in caplog.text
     assert "hunter2-wrong" not in caplog.text
+
+
+def test_a_malformed_login_rate_stops_the_start_naming_it(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update({"PORTAL_DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "portal.settings", "LOGIN_RATE": "lots"})
+    result = subprocess.run([sys.executable, "-c", "import django; django.setup()"], env=env, text=True,
+                            cwd=Path(__file__).resolve().parent.parent, capture_output=True, timeout=60)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr and "LOGIN_RATE" in result.stderr

@@ -1,13 +1,17 @@
 """The "Test" action on models (deployments): a one-token request, its latency or the upstream's error.
 
-Olivia is the operator; Vera is staff who may only view models.
+Driven through the real ASGI server (the admin's sync view calls the async upstream code there as in
+production). Olivia is the operator; Vera is staff who may only view models.
 """
 
 from __future__ import annotations
 
+import html
+import re
+
+import httpx
 import pytest
 from django.contrib.auth.models import Permission, User
-from django.contrib.messages import get_messages
 from django.test import Client
 
 from gateway.models import CopilotAuth, Deployment, Provider
@@ -18,20 +22,33 @@ CHANGELIST = "/admin/gateway/deployment/"
 SECRET = "sk-upstream-secret-value-123"  # the key make_provider stores
 
 
+def browser_for(portal, user):
+    login = Client()
+    login.force_login(user)
+    browser = httpx.Client(base_url=portal.url, cookies={"sessionid": login.cookies["sessionid"].value},
+                           follow_redirects=True, timeout=60)
+    browser.get(CHANGELIST)  # sets the CSRF cookie
+    return browser
+
+
 @pytest.fixture
-def operator(db):
+def operator(portal):
     olivia = User.objects.create_superuser("olivia", "olivia@example.com", None)
-    client = Client()
-    client.force_login(olivia)
-    return client
+    browser = browser_for(portal, olivia)
+    yield browser
+    browser.close()
 
 
-def run_test_action(client, *deployments):
-    response = client.post(
-        CHANGELIST, {"action": "test_call", "_selected_action": [d.pk for d in deployments]}, follow=True
+def run_test_action(browser, *deployments):
+    response = browser.post(
+        CHANGELIST,
+        data={"action": "test_call", "_selected_action": [str(d.pk) for d in deployments]},
+        headers={"X-CSRFToken": browser.cookies["csrftoken"]},
     )
     assert response.status_code == 200
-    return [(m.level_tag, m.message) for m in get_messages(response.wsgi_request)], response.content.decode()
+    found = re.findall(r'<li class="(success|error|warning|info)">(.*?)</li>', response.text, re.S)
+    # The admin capitalizes messages; the public names here are lower case.
+    return [(level, html.unescape(text.strip()).lower()) for level, text in found], response.text
 
 
 def test_a_working_model_shows_its_latency(operator, upstream):
@@ -67,7 +84,7 @@ def test_no_credential_is_revealed_even_when_the_upstream_echoes_it(operator, up
 
     ((level, text),), page = run_test_action(operator, deployment)
 
-    assert level == "error" and "401" in text and "Incorrect API key provided" in text
+    assert level == "error" and "401" in text and "incorrect api key provided" in text
     assert SECRET not in text and SECRET not in page
     assert SECRET[:12] + SECRET[12:16] not in page
 
@@ -78,7 +95,7 @@ def test_an_unreachable_provider_is_reported(operator, upstream):
 
     ((level, text),), _ = run_test_action(operator, deployment)
 
-    assert level == "error" and "502" in text and "Could not reach provider 'gone'" in text
+    assert level == "error" and "502" in text and "could not reach provider 'gone'" in text
 
 
 def test_several_models_are_tested_in_one_go(operator, upstream):
@@ -121,18 +138,19 @@ def test_a_copilot_model_that_is_not_connected_says_so(operator, github):
 
     ((level, text),), _ = run_test_action(operator, deployment)
 
-    assert level == "error" and "503" in text and "Connect GitHub Copilot" in text
+    assert level == "error" and "503" in text and "connect github copilot" in text
 
 
-def test_someone_who_may_only_view_models_cannot_run_it(upstream, db):
+def test_someone_who_may_only_view_models_cannot_run_it(portal, upstream):
     deployment = make_deployment(make_provider(upstream))
     vera = User.objects.create_user("vera", "vera@example.com", None, is_staff=True)
     vera.user_permissions.add(Permission.objects.get(codename="view_deployment"))
-    as_vera = Client()
-    as_vera.force_login(vera)
 
-    assert 'value="test_call"' not in as_vera.get(CHANGELIST).content.decode()
-    as_vera.post(CHANGELIST, {"action": "test_call", "_selected_action": [deployment.pk]})
+    as_vera = browser_for(portal, vera)
+    assert 'value="test_call"' not in as_vera.get(CHANGELIST).text
+    messages, _ = run_test_action(as_vera, deployment)
+    as_vera.close()
 
+    assert messages == [("warning", "no action selected.")]
     assert upstream.requests_for("/chat/completions") == []
     assert Deployment.objects.count() == 1

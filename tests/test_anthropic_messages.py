@@ -123,7 +123,7 @@ def test_it_carries_a_multi_turn_conversation_and_the_sampling_settings(claude, 
 def test_structured_output_becomes_a_json_schema_response_format(claude, upstream, deployment):
     schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
     claude.messages.create(model="test-model", max_tokens=50, messages=HELLO,
-                           output_config={"format": {"type": "json_schema", "schema": schema}})
+                           extra_body={"output_config": {"format": {"type": "json_schema", "schema": schema}}})
     assert sent(upstream)["response_format"] == {
         "type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": True}}
 

@@ -154,6 +154,19 @@ def test_a_provider_never_connected_gives_a_503_telling_the_operator_to_connect(
     assert github.requests == []
 
 
+def test_once_connected_the_provider_answers_within_seconds_on_every_worker(client, github, deployment):
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model=MODEL, messages=[USER])
+
+    connect(github, deployment.provider)  # as the admin page does, maybe in another worker
+    with pytest.raises(openai.InternalServerError):  # the "not connected" answer is kept a few seconds
+        client.chat.completions.create(model=MODEL, messages=[USER])
+    clock.advance(copilot.UNUSABLE_SECONDS)
+    result = client.chat.completions.create(model=MODEL, messages=[USER])
+
+    assert result.choices[0].message.content == "Hello from Copilot"
+
+
 def test_an_account_without_copilot_gives_a_503(client, github, connected):
     github.token_status = 403
 

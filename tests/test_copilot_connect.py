@@ -83,7 +83,9 @@ def test_polling_is_pending_until_the_user_enters_the_code_then_connects(operato
     polls = github.calls("/login/oauth/access_token")
     assert len(polls) == 3
     assert polls[0].json == {
-        "client_id": CLIENT_ID, "device_code": device_code, "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
+        "client_id": CLIENT_ID,
+        "device_code": device_code,
+        "grant_type": "urn:ietf:params:oauth:grant-type:device_code",
     }
     auth = CopilotAuth.objects.get(provider=provider)
     assert auth.connected and auth.source == "device_flow"
@@ -307,3 +309,17 @@ def test_the_flow_runs_on_the_asgi_server_too(portal, github):
         assert browser.post(poll_url(provider), headers=csrf).json()["status"] == "connected"
         assert "octo-operator" in browser.get(page_url(provider)).text
     copilot.forget_all()
+
+
+def test_connecting_enables_a_provider_load_catalog_left_waiting_for_its_login(operator, github):
+    waiting = Provider.objects.create(name="copilot", kind="github_copilot", enabled=False, awaiting_credential=True)
+    switched_off = Provider.objects.create(name="copilot-2", kind="github_copilot", enabled=False)
+
+    for provider in (waiting, switched_off):
+        start(operator, provider)
+        assert poll(operator, provider)["status"] == "connected"
+
+    waiting.refresh_from_db()
+    switched_off.refresh_from_db()
+    assert (waiting.enabled, waiting.awaiting_credential) == (True, False)
+    assert switched_off.enabled is False  # an operator's choice stays

@@ -7,10 +7,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import ssl
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -141,7 +143,7 @@ def test_the_lets_encrypt_certificate_is_used_once_it_exists(tmp_path):
 def image_environment() -> dict[str, str]:
     """The ENV of deploy/nginx/Dockerfile."""
     block = re.search(r"^ENV (.*?)(?=^\S)", (DEPLOY / "nginx" / "Dockerfile").read_text(), re.MULTILINE | re.DOTALL)
-    return dict(re.findall(r"([A-Z_]+)=(\S+)", block.group(1)))
+    return {name: value.strip('"') for name, value in re.findall(r'([A-Z_]+)=("[^"]*"|\S+)', block.group(1))}
 
 
 @requires_nginx
@@ -267,3 +269,29 @@ def test_the_units_run_what_the_repository_ships():
             assert (DEPLOY.parent / config).exists(), (unit.name, config)
     names = {unit.name for unit in UNITS}
     assert names == {"portal-web.service", "portal-worker.service", "portal-beat.service", "portal-mlflow.service"}
+
+
+def test_nginx_reloads_periodically_and_survives_a_failed_reload(tmp_path):
+    """deploy/nginx/40-portal-cert.sh: pick the certificate, then re-pick and reload in the background."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "portal-cert").write_text(f'#!/bin/sh\necho cert >> "{calls}"\n')
+    # The first reload fails (a broken config, say); the loop must go on.
+    (bin_dir / "nginx").write_text(f'#!/bin/sh\necho "reload $*" >> "{calls}"\n'
+                                   f'[ "$(grep -c reload "{calls}")" -gt 1 ]\n')
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "NGINX_RELOAD_SECONDS": "0.2"}
+    process = subprocess.Popen(["sh", str(DEPLOY / "nginx" / "40-portal-cert.sh")], env=env, start_new_session=True)
+    try:
+        assert process.wait(timeout=10) == 0  # returns at once: Nginx starts after it
+        deadline = time.monotonic() + 10
+        while (calls.read_text().count("reload -s reload") if calls.exists() else 0) < 3:
+            assert time.monotonic() < deadline, calls.read_text()
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+    lines = calls.read_text().splitlines()
+    assert lines[0] == "cert"
+    assert lines.count("cert") >= 4

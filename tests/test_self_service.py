@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -196,16 +200,30 @@ def test_the_list_shows_my_keys_with_status_and_never_a_secret(personas, catalog
     assert "2 of 20 active keys" not in page and "1 of 20 active keys" in page
 
 
-def test_the_quota_section_lists_each_usable_model_with_its_limits(personas, catalog):
-    key, _ = issue(personas.alice, "ci", allowed_models=["gemma-3-12b", "test-model"], limits=KeyLimits(rpm=7))
-    ApiKeyModelLimit.objects.create(key=key, public_model="test-model", rpd=40)
-    page = logged_in(personas.alice).get(f"/keys/{key.pk}/").content.decode()
+def quota_table(page: str) -> list[list[str]]:
     section = page.split('id="quota"', 1)[1].split("<tbody>", 1)[1].split("</tbody>", 1)[0]
     rows = re.findall(r"<tr>(.*?)</tr>", section, re.S)
-    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row, re.S) for row in rows]
-    assert [c[0] for c in cells] == ["<code>gemma-3-12b</code>", "<code>test-model</code>"]
-    assert cells[0][1:5] == ["7", "no limit", "no limit", "no limit"]
-    assert cells[1][1:5] == ["7", "40", "no limit", "no limit"]
+    text = lambda cell: re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", cell)).strip()  # noqa: E731
+    return [[text(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)] for row in rows]
+
+
+def test_the_quota_section_lists_each_usable_model_with_what_is_left(personas, catalog):
+    key, _ = issue(personas.alice, "ci", allowed_models=["gemma-3-12b", "test-model"], limits=KeyLimits(rpm=7))
+    ApiKeyModelLimit.objects.create(key=key, public_model="test-model", rpd=40)
+    table = quota_table(logged_in(personas.alice).get(f"/keys/{key.pk}/").content.decode())
+    assert [row[0] for row in table] == ["gemma-3-12b", "test-model"]
+    assert table[0][1:] == ["7 left of 7", "no limit", "no limit", "no limit"]
+    assert table[1][1] == "7 left of 7"
+    assert table[1][2].startswith("40 left of 40 resets ")
+    assert table[1][3:] == ["no limit", "no limit"]
+
+
+def test_a_revoked_key_shows_its_limits_without_counters(personas, catalog):
+    key, _ = issue(personas.alice, "ci", limits=KeyLimits(rpd=5))
+    key.revoke()
+    table = quota_table(logged_in(personas.alice).get(f"/keys/{key.pk}/").content.decode())
+    assert [row[0] for row in table] == ["gemma-3-12b", "google/gemini-2.5-flash", "test-model"]
+    assert all(row[2] == "5" for row in table)
 
 
 def test_alice_revokes_her_key_on_the_page(personas, alice_key, caplog):
@@ -278,3 +296,16 @@ def test_session_and_csrf_cookies_are_http_only(personas):
     assert client.cookies["csrftoken"]["httponly"]
     client.post("/keys/login/", {"username": "alice", "password": PASSWORD})
     assert client.cookies["sessionid"]["httponly"]
+
+
+def test_in_production_the_cookies_are_secure_and_http_only(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update({"PORTAL_DATA_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "portal.settings", "DEBUG": "false",
+                "SECRET_KEY": "s" * 50, "LITELLM_MASTER_KEY": "sk-master-test"})
+    code = ("import django; django.setup(); from django.conf import settings as s; "
+            "print(s.SESSION_COOKIE_SECURE, s.SESSION_COOKIE_HTTPONLY, s.CSRF_COOKIE_SECURE, s.CSRF_COOKIE_HTTPONLY, "
+            "s.SECURE_PROXY_SSL_HEADER)")
+    result = subprocess.run([sys.executable, "-c", code], env=env, text=True, capture_output=True, timeout=60,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True", "True", "True", "('HTTP_X_FORWARDED_PROTO',", "'https')"]

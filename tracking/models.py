@@ -35,10 +35,7 @@ class UsageRecordQuerySet(models.QuerySet["UsageRecord"]):
         return self.filter(ok=False)
 
 
-class UsageRecordManager(models.Manager["UsageRecord"]):
-    def get_queryset(self) -> UsageRecordQuerySet:
-        return UsageRecordQuerySet(self.model, using=self._db)
-
+class UsageRecordManager(models.Manager.from_queryset(UsageRecordQuerySet)):  # type: ignore[misc]
     def claim_for_export(self, limit: int) -> tuple[str, list[UsageRecord]]:
         """Claim up to `limit` unexported records for this worker; returns the claim token and the rows.
 

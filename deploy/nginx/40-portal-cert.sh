@@ -7,6 +7,7 @@ portal-cert
 interval="${NGINX_RELOAD_SECONDS:-21600}"
 (
     while sleep "$interval"; do
-        portal-cert >/dev/null && nginx -s reload
+        # Never let one failed reload end the loop.
+        { portal-cert >/dev/null && nginx -s reload; } || echo "portal-cert: reload failed" >&2
     done
 ) &
