@@ -144,12 +144,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             add(f"throughput c={top} vs LiteLLM Proxy", "≥ 10×",
                 f"{portal_rps:.0f} req/s (LiteLLM not run; issue 7 measured {LITELLM_REFERENCE['rps_c64']})", None)
     memory = results.get("memory", {})
-    portal_rss = memory.get("portal", {}).get("after_load", {}).get("rss_mb")
-    litellm_rss = memory.get("litellm", {}).get("after_load", {}).get("rss_mb")
+    portal_mem = memory.get("portal", {}).get("after_load", {})
+    litellm_mem = memory.get("litellm", {}).get("after_load", {})
+    portal_rss, litellm_rss = portal_mem.get("rss_mb"), litellm_mem.get("rss_mb")
     if portal_rss is not None:
         if litellm_rss:
-            add("web tier RSS after load vs LiteLLM Proxy", "≤ ½", f"{portal_rss:.0f} MB vs {litellm_rss:.0f} MB",
-                portal_rss <= litellm_rss / 2)
+            pss = ""
+            if portal_mem.get("pss_mb") and litellm_mem.get("pss_mb"):
+                pss = f" (PSS {portal_mem['pss_mb']:.0f} vs {litellm_mem['pss_mb']:.0f} MB)"
+            add("web tier RSS after load vs LiteLLM Proxy", "≤ ½",
+                f"{portal_rss:.0f} MB vs {litellm_rss:.0f} MB{pss}", portal_rss <= litellm_rss / 2)
         else:
             add("web tier RSS after load vs LiteLLM Proxy", "≤ ½",
                 f"{portal_rss:.0f} MB (LiteLLM not run; issue 7 measured ~{LITELLM_REFERENCE['rss_mb']} MB)", None)

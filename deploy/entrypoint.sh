@@ -4,7 +4,8 @@
 #   worker   the Celery worker
 #   beat     Celery beat (run exactly one)
 #   prepare  migrate, collect static files, import PORTAL_CONFIG, create the UI_USERNAME admin
-# Anything else is run as a command (e.g. `python manage.py createsuperuser`).
+# Anything else is run as a command, with the same environment; the image links this script as
+# `portal`, so `docker compose exec web portal python manage.py createsuperuser` works too.
 set -eu
 
 # DATABASE_URL from the POSTGRES_* names of a LiteLLM-era .env, the password URL-encoded (a "@" or "/"
@@ -48,7 +49,9 @@ case "$role" in
             --concurrency "${CELERY_CONCURRENCY:-2}" --hostname "worker@%h"
         ;;
     beat)
-        # The pid file is what the compose healthcheck looks at.
+        # The pid file is what the compose healthcheck looks at. A restarted container keeps /tmp, and
+        # its stale file would name pid 1, alive again (beat itself), so beat would refuse to start.
+        rm -f /tmp/celerybeat.pid
         exec celery -A portal beat --loglevel "${CELERY_LOG_LEVEL:-INFO}" --pidfile /tmp/celerybeat.pid
         ;;
     prepare)

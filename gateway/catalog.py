@@ -17,7 +17,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
 
-from gateway import redact
+from gateway import db, redact
 from gateway.quota import Limit
 
 VERSION_KEY = "gateway:catalog-version"
@@ -194,7 +194,7 @@ async def get() -> Snapshot:
     async with _state.lock:
         # Another request may have reloaded while we waited for the lock.
         if _state.snapshot is None or _state.version != version:
-            _state.snapshot = await sync_to_async(build_snapshot)()
+            _state.snapshot = await sync_to_async(db.managed(build_snapshot))()
             _state.version = version
         _state.checked_at = time.monotonic()
         return _state.snapshot

@@ -32,7 +32,6 @@ _IPV4_SHORTHAND = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3
 @dataclass(frozen=True)
 class Image:
     url: str
-    format: str | None = None  # image_url.format, an explicit MIME type some clients send
 
 
 def iter_images(messages: list[Any]) -> Iterator[tuple[str, Any]]:
@@ -49,7 +48,6 @@ def iter_images(messages: list[Any]) -> Iterator[tuple[str, Any]]:
 def parse_image(value: Any, where: str) -> Image:
     """Check one image_url value ({"url": ...} or a bare string) and return it; a 400 names what is wrong."""
     url = value.get("url") if isinstance(value, dict) else value
-    fmt = value.get("format") if isinstance(value, dict) else None
     if not isinstance(url, str) or not url:
         raise bad_request(f"Missing required parameter: '{where}.url'.", param=f"{where}.url",
                           code="missing_required_parameter")
@@ -57,12 +55,19 @@ def parse_image(value: Any, where: str) -> Image:
         if not _DATA_URL.match(url):
             raise bad_request(f"Invalid '{where}.url': a data URL must look like data:image/png;base64,<data>.",
                               param=f"{where}.url", code="invalid_image_url")
-        return Image(url, fmt if isinstance(fmt, str) else None)
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in ("http", "https"):
-        raise bad_request(f"Invalid '{where}.url': send an https URL or a data: URL (base64), not '{scheme}:'.",
-                          param=f"{where}.url", code="invalid_image_url")
-    host = urlsplit(url).hostname or ""
+        return Image(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:  # e.g. an unclosed [IPv6 bracket
+        raise bad_request(f"Invalid '{where}.url': not a valid URL.", param=f"{where}.url",
+                          code="invalid_image_url") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise bad_request(
+            f"Invalid '{where}.url': send an https URL or a data: URL (base64), not '{parts.scheme}:'.",
+            param=f"{where}.url",
+            code="invalid_image_url",
+        )
     if not host:
         raise bad_request(f"Invalid '{where}.url': the URL has no host.", param=f"{where}.url",
                           code="invalid_image_url")
@@ -73,14 +78,15 @@ def parse_image(value: Any, where: str) -> Image:
             param=f"{where}.url",
             code="invalid_image_url",
         )
-    return Image(url, fmt if isinstance(fmt, str) else None)
+    return Image(url)
 
 
 def is_internal_host(host: str) -> bool:
     """localhost names, and IP literals (in any spelling a resolver accepts) that are not globally routable.
 
-    Names are not resolved: that would block the event loop, and a DNS answer can change between our
-    check and the provider's fetch anyway. The provider, not the portal, fetches the remaining URLs.
+    Names are not resolved here (that would block the event loop, and the answer could change before
+    the fetch): LiteLLM's fetcher resolves and checks them itself where it downloads (Gemini), and the
+    OpenAI-style providers fetch from their own networks.
     """
     host = host.strip("[]").rstrip(".").lower()
     if host == "localhost" or host.endswith(".localhost"):

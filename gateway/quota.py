@@ -33,7 +33,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
-from gateway import clock
+from gateway import clock, db
 from gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -144,13 +144,15 @@ class Store(Protocol):
 # KEYS: cooldown key (or a dummy), then one key per check.
 # ARGV: now_ms, member, then per check: kind ("s" sliding / "f" fixed), limit, cost, window_ms|reset_ms.
 # Returns {1, used..., resets...} when admitted, {0, index, used, retry_ms} when refused by check `index`,
-# {0, 0, 0, ttl_ms} when the deployment is cooling down, {-1, index} when a fixed counter is missing.
+# {0, 0, 0, ms_left} when the deployment is parked, {-1, index} when a fixed counter is missing.
 ACQUIRE_LUA = """
 local now = tonumber(ARGV[1])
 local member = ARGV[2]
 local n = #KEYS - 1
-if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
-  return {0, 0, 0, redis.call('PTTL', KEYS[1])}
+if KEYS[1] ~= '' then
+  -- A parked deployment: the key holds "until" in our clock (which tests can move), not Redis' own.
+  local parked = tonumber(redis.call('GET', KEYS[1]) or '0')
+  if parked > now then return {0, 0, 0, parked - now} end
 end
 local used = {}
 local resets = {}
@@ -269,7 +271,8 @@ class RedisStore:
 
     async def park(self, key: str, until_ms: int, now_ms: int) -> None:
         client, _, _ = self._client()
-        await client.set(key, "1", px=max(until_ms - now_ms, 1))
+        # The value is the end of the pause; the TTL only cleans up (with a margin for a moved clock).
+        await client.set(key, until_ms, px=max(until_ms - now_ms, 1) + FIXED_GRACE_MS)
 
     def used_sync(self, checks: list[Check], now_ms: int) -> list[tuple[int, int]]:
         client = self._sync_client()
@@ -453,7 +456,7 @@ class Ledger:
         while True:
             await asyncio.sleep(settings.QUOTA_FLUSH_SECONDS)
             try:
-                await sync_to_async(self.flush)()
+                await sync_to_async(db.managed(self.flush))()
             except Exception:
                 log.exception("could not write daily quota counters; will retry")
 
@@ -494,7 +497,7 @@ ledger = Ledger()
 
 async def _seed(check: Check) -> None:
     assert check.day is not None
-    value = await sync_to_async(_durable_value)(check.durable_key, check.day)
+    value = await sync_to_async(db.managed(_durable_value))(check.durable_key, check.day)
     await store().seed(check.key, value + ledger.unflushed(check.durable_key, check.day), check.window_ms)
 
 

@@ -383,7 +383,13 @@ def probe_all(routes: list[Route]) -> list[Probe]:
     """Test several deployments at once (from sync code such as an admin action)."""
 
     async def run() -> list[Probe]:
-        return list(await asyncio.gather(*(probe(route) for route in routes)))
+        from gateway import passthrough
+
+        try:
+            return list(await asyncio.gather(*(probe(route) for route in routes)))
+        finally:
+            # This event loop ends with the action: close the connections it opened.
+            await passthrough.instance.aclose()
 
     return async_to_sync(run)()
 

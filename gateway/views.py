@@ -18,7 +18,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
-from gateway import catalog, media, quota, redact, router
+from gateway import catalog, db, media, quota, redact, router
 from gateway.auth import Principal, authenticate
 from gateway.calls import Call, finish
 from gateway.catalog import Route
@@ -333,13 +333,13 @@ async def _check_cache() -> str:
 
 @gateway_view("GET", "HEAD")
 async def readiness(request: HttpRequest) -> HttpResponse:
-    db = await sync_to_async(_check_db)()
+    db_state = await sync_to_async(db.managed(_check_db))()
     cache_state = await _check_cache()
-    ready = db == "ok" and cache_state == "ok"
+    ready = db_state == "ok" and cache_state == "ok"
     return json_response(
         {
             "status": "ready" if ready else "unavailable",
-            "db": db,
+            "db": db_state,
             "cache": cache_state,
             "cache_backend": "redis" if settings.REDIS_URL else "in-process",
         },

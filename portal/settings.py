@@ -301,6 +301,10 @@ USAGE_RETENTION_DAYS = envint("USAGE_RETENTION_DAYS", "90")
 # --- MLflow (tracking/export.py) ---
 # The embedded default writes straight into a local store that `make run` also serves on 127.0.0.1:5001.
 MLFLOW_TRACKING_URI = envstr("MLFLOW_TRACKING_URI", f"sqlite:///{DATA_DIR / 'mlflow.db'}")
+# Where experiments the portal creates keep artifacts; empty = the tracking server's default.
+MLFLOW_ARTIFACT_ROOT = envstr(
+    "MLFLOW_ARTIFACT_ROOT", str(DATA_DIR / "mlflow-artifacts") if "MLFLOW_TRACKING_URI" not in os.environ else ""
+)
 MLFLOW_EXPERIMENT_NAME = envstr("MLFLOW_EXPERIMENT_NAME", "llm-portal")
 MLFLOW_EXPORT_BATCH = envint("MLFLOW_EXPORT_BATCH", "200")
 MLFLOW_EXPORT_INTERVAL = envfloat("MLFLOW_EXPORT_INTERVAL", "30")

@@ -159,12 +159,24 @@ def test_once_connected_the_provider_answers_within_seconds_on_every_worker(clie
         client.chat.completions.create(model=MODEL, messages=[USER])
 
     connect(github, deployment.provider)  # as the admin page does, maybe in another worker
-    with pytest.raises(openai.InternalServerError):  # the "not connected" answer is kept a few seconds
-        client.chat.completions.create(model=MODEL, messages=[USER])
     clock.advance(copilot.UNUSABLE_SECONDS)
     result = client.chat.completions.create(model=MODEL, messages=[USER])
 
     assert result.choices[0].message.content == "Hello from Copilot"
+
+
+def test_an_unconnected_provider_is_not_looked_up_again_on_every_request(client, github, deployment, settings):
+    with pytest.raises(openai.InternalServerError):
+        client.chat.completions.create(model=MODEL, messages=[USER])
+    # A token dir appears; a lookup would adopt it, but for a few seconds the answer is remembered.
+    settings.GITHUB_COPILOT_TOKEN_DIR.mkdir(parents=True)
+    (settings.GITHUB_COPILOT_TOKEN_DIR / "access-token").write_text(github.issue_github_token())
+
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model=MODEL, messages=[USER])
+
+    assert caught.value.body["code"] == "copilot_not_connected"
+    assert not CopilotAuth.objects.filter(provider=deployment.provider).exists()
 
 
 def test_an_account_without_copilot_gives_a_503(client, github, connected):

@@ -23,6 +23,7 @@ from tracking.models import CLAIM_TIMEOUT, ModelUsageRun, UsageRecord
 @pytest.fixture
 def mlflow_settings(mlflow_server: MlflowServer, settings: Any) -> MlflowServer:
     settings.MLFLOW_TRACKING_URI = mlflow_server.url
+    settings.MLFLOW_ARTIFACT_ROOT = ""  # the server's own artifact root
     # Each test its own experiment, so it reads back only its own traces.
     settings.MLFLOW_EXPERIMENT_NAME = f"portal-test-{uuid.uuid4().hex[:8]}"
     return mlflow_server

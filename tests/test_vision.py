@@ -126,7 +126,7 @@ def test_a_public_address_is_passed_on_to_an_openai_compatible_provider(client, 
     [
         "file:///etc/passwd", "ftp://example.com/cat.png", "data:text/html;base64,PGI+", "data:image/png,rawbytes",
         "https:///cat.png", "https://localhost:8443/cat.png", "http://[::ffff:127.0.0.1]/cat.png",
-        "http://2130706433/cat.png", "gs://bucket/cat.png",
+        "http://2130706433/cat.png", "gs://bucket/cat.png", "http://[::1/cat.png",
     ],
 )
 def test_only_public_http_urls_and_base64_image_data_urls_are_accepted(url):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -62,7 +63,7 @@ def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
     found = mlflow_client.get_experiment_by_name(name)
     if found is None:
         try:
-            eid = mlflow_client.create_experiment(name)
+            eid = mlflow_client.create_experiment(name, artifact_location=artifact_location(name))
         except MlflowException:
             # Another worker created it between our lookup and our create.
             found = mlflow_client.get_experiment_by_name(name)
@@ -75,6 +76,11 @@ def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
             mlflow_client.restore_experiment(eid)
     _experiment_ids[cache_key] = eid
     return eid
+
+
+def artifact_location(name: str) -> str | None:
+    root = settings.MLFLOW_ARTIFACT_ROOT
+    return f"{root.rstrip('/')}/{re.sub(r'[^A-Za-z0-9._-]', '_', name)}" if root else None
 
 
 # --- traces -------------------------------------------------------------------------------------------------
