@@ -79,6 +79,11 @@ def _litellm() -> Any:
     return litellm
 
 
+async def aclose() -> None:
+    """Close LiteLLM's cached HTTP clients of this event loop (at shutdown)."""
+    await _litellm().close_litellm_async_clients()
+
+
 def warm_up() -> None:
     """Import LiteLLM before serving (see portal/asgi.py)."""
     _litellm()

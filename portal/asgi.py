@@ -109,6 +109,7 @@ async def _lifespan(receive: Any, send: Any) -> None:
             # Daily quota counts not yet in the database must survive the restart.
             await sync_to_async(quota.ledger.flush)()
             await passthrough.instance.aclose()
+            await upstream.aclose()
             # Buffered usage records too (gunicorn's SIGTERM -> uvicorn runs this after in-flight requests).
             await sync_to_async(recorder.shutdown, thread_sensitive=False)()
             await send({"type": "lifespan.shutdown.complete"})
