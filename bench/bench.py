@@ -536,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         results = run(plan, args, children, run_dir)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping every process the benchmark started", file=sys.stderr)
+        return 130
     except BaseException:
         for child in children.started:
             if not child.alive():

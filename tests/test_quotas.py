@@ -255,3 +255,53 @@ def test_a_key_holder_reads_the_remaining_quota_per_model(portal, master_key, up
     limits = {item["limit_name"]: item for item in model["deployments"][0]["limits"]}
     assert limits["rpm"]["used"] == 1 and limits["rpm"]["remaining"] == 9
     assert limits["rpd"]["used"] == 1 and limits["rpd"]["resets_at"]
+
+
+def user_key(**limits):
+    from django.contrib.auth.models import User
+
+    from accounts.models import ApiKey
+    from gateway.auth import KeyLimits
+
+    owner = User.objects.create_user("alice", password="pw-alice-12345")
+    return ApiKey.objects.issue(owner, "ci", limits=KeyLimits(**limits))
+
+
+def test_a_keys_own_rpm_is_enforced_and_the_master_key_bypasses_it(portal, master_key, upstream, transactional_db):
+    make_deployment(make_provider(upstream), rpm=100)
+    _, token = user_key(rpm=2)
+    assert [post_chat(portal, token).status_code for _ in range(3)] == [200, 200, 429]
+    refused = post_chat(portal, token)
+    assert "your API key" in refused.json()["error"]["message"]
+    assert post_chat(portal, master_key).status_code == 200  # the master key ignores key limits
+
+
+def test_a_keys_daily_token_budget_is_insufficient_quota(portal, upstream, transactional_db):
+    make_deployment(make_provider(upstream))
+    _, token = user_key(tokens_per_day=600)
+    assert post_chat(portal, token, max_tokens=500).status_code == 200
+    time.sleep(0.3)  # the real usage replaces the estimate when the call ends
+    refused = post_chat(portal, token, max_tokens=700)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "insufficient_quota"
+
+
+def test_the_key_limit_is_counted_once_even_when_a_deployment_fails_over(portal, upstream, transactional_db):
+    provider = make_provider(upstream)
+    make_deployment(provider, upstream_model="primary", priority=0)
+    make_deployment(provider, upstream_model="secondary", priority=1)
+    upstream.set_behaviour("primary", Behaviour(status=503))
+    _, token = user_key(rpm=2)
+    assert [post_chat(portal, token).status_code for _ in range(2)] == [200, 200]
+    assert post_chat(portal, token).status_code == 429
+
+
+def test_quota_shows_the_callers_key_limits_only(portal, upstream, transactional_db):
+    make_deployment(make_provider(upstream))
+    _, token = user_key(rpm=5, rpd=100)
+    post_chat(portal, token)
+    response = httpx.get(f"{portal.url}/v1/quota", headers={"Authorization": f"Bearer {token}"})
+    [model] = response.json()["data"]
+    limits = {item["limit_name"]: item for item in model["key_limits"]}
+    assert limits["rpm"]["remaining"] == 4
+    assert limits["rpd"]["used"] == 1
