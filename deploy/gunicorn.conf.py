@@ -1,5 +1,7 @@
 """gunicorn settings for the portal (ASGI via uvicorn workers), driven by env vars."""
 
+import gc
+
 import os
 
 # All interfaces by default: in a container, Nginx reaches the portal over the compose network.
@@ -22,3 +24,9 @@ control_socket_disable = True
 accesslog = "-" if os.environ.get("ACCESS_LOG", "false").lower() in ("1", "true", "yes") else None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+
+def pre_fork(server, worker):  # noqa: ANN001
+    # Objects loaded by the master (Django, the app) move to a permanent generation, so the workers' garbage
+    # collector never touches them and their memory pages stay shared with the master instead of copied.
+    gc.freeze()

@@ -70,8 +70,13 @@ async def authenticate(request: HttpRequest) -> Principal:
         return MASTER
     # Imported here: accounts builds on this module's Principal.
     from accounts.keys import resolve_token
+    from gateway import health
 
-    principal = await resolve_token(token)
+    try:
+        principal = await resolve_token(token)
+    except health.UNREACHABLE_ERRORS as e:
+        # The key could not be looked up (cache or database away): a 503 the call's usage record shows too.
+        raise health.unreachable(e) from None
     if principal is None:
         raise invalid_key("Invalid API key: unknown, revoked or expired.")
     return principal

@@ -12,7 +12,7 @@ import functools
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
-from django.db import close_old_connections
+from django.db import connections
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -21,10 +21,17 @@ R = TypeVar("R")
 def managed(fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        close_old_connections()
+        tidy()
         try:
             return fn(*args, **kwargs)
         finally:
-            close_old_connections()
+            tidy()
 
     return wrapper
+
+
+def tidy() -> None:
+    """Django's close_old_connections, except inside a transaction (a caller's atomic block, or a test's)."""
+    for conn in connections.all(initialized_only=True):
+        if not conn.in_atomic_block:
+            conn.close_if_unusable_or_obsolete()

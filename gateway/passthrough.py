@@ -20,7 +20,7 @@ from django.conf import settings
 
 from gateway import providers
 from gateway.catalog import Route
-from gateway.upstream import RESERVED_FIELDS, UpstreamError, error_for_status
+from gateway.upstream import RESERVED_FIELDS, UpstreamError, error_for_status, too_large
 
 # Kinds whose upstream speaks OpenAI chat natively. (GitHub Copilot does too, but its short-lived token
 # refresh-and-retry lives in the LiteLLM path for now.)
@@ -29,6 +29,7 @@ NATIVE_KINDS = frozenset({"openai", "openai_compatible", "openrouter", "github_m
 LITELLM_ONLY = frozenset({"extra_headers", "timeout", "stream_timeout", "drop_params", "api_version",
                           "custom_llm_provider", "input_cost_per_token", "output_cost_per_token", "num_retries",
                           "max_retries", "mock_response", "rpm", "tpm", "rpd", "organization"})
+READ_CHUNK = 64 * 1024
 
 
 def eligible(route: Route) -> bool:
@@ -80,9 +81,12 @@ class PassthroughUpstream:
 
     async def complete(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
         url, headers, payload = await self._request(route, body, stream=False)
+        # A whole answer must come within UPSTREAM_TIMEOUT, not each read: a provider dripping bytes would
+        # otherwise hold the request forever.
+        limit = timeout(total=True)
         try:
-            async with self._session().post(url, data=payload, headers=headers, timeout=timeout()) as response:
-                content = await response.read()
+            async with self._session().post(url, data=payload, headers=headers, timeout=limit) as response:
+                content = await read_capped(response, route)
                 if response.status >= 400:
                     raise error_for_status(route, response.status, content.decode(errors="replace"),
                                            response.headers)
@@ -99,9 +103,9 @@ class PassthroughUpstream:
         finished = False
         try:
             if response.status >= 400:
-                text = (await response.read()).decode(errors="replace")
+                text = (await read_capped(response, route)).decode(errors="replace")
                 raise error_for_status(route, response.status, text, response.headers)
-            async for chunk in sse_chunks(response.content, route):
+            async for chunk in sse_chunks(lines(response.content, route), route):
                 yield chunk
             finished = True
         except (aiohttp.ClientError, TimeoutError) as e:
@@ -114,10 +118,50 @@ class PassthroughUpstream:
                 response.close()
 
 
-def timeout() -> aiohttp.ClientTimeout:
+def timeout(total: bool = False) -> aiohttp.ClientTimeout:
+    """UPSTREAM_TIMEOUT for each read, and with `total` for the whole exchange (a stream has no total: its
+    silences are bounded by STREAM_IDLE_TIMEOUT instead)."""
     # Read per request, so a changed setting applies without rebuilding the pooled session.
     limit = settings.UPSTREAM_TIMEOUT
-    return aiohttp.ClientTimeout(total=None, sock_connect=min(limit, 10), sock_read=limit)
+    return aiohttp.ClientTimeout(total=limit if total else None, sock_connect=min(limit, 10), sock_read=limit)
+
+
+async def read_capped(response: aiohttp.ClientResponse, route: Route) -> bytes:
+    """The whole body, read in chunks, refused (and the connection dropped) past MAX_UPSTREAM_RESPONSE_BYTES."""
+    cap = settings.MAX_UPSTREAM_RESPONSE_BYTES
+    if response.content_length is not None and response.content_length > cap:
+        response.close()
+        raise too_large(route, cap)
+    body = bytearray()
+    async for data in response.content.iter_chunked(READ_CHUNK):
+        body += data
+        if len(body) > cap:
+            response.close()
+            raise too_large(route, cap)
+    return bytes(body)
+
+
+async def lines(content: aiohttp.StreamReader, route: Route) -> AsyncIterator[bytes]:
+    """The body's lines however long each is, up to MAX_UPSTREAM_RESPONSE_BYTES for the whole stream.
+
+    Not aiohttp's own line iterator: it fails on a line over 128 KiB (one big SSE event, e.g. a tool
+    call's arguments or an image, is legitimate) with an exception that is not a client error.
+    """
+    cap = settings.MAX_UPSTREAM_RESPONSE_BYTES
+    total = 0
+    pending = bytearray()
+    async for data in content.iter_any():
+        total += len(data)
+        if total > cap:
+            raise too_large(route, cap)
+        pending += data
+        start = 0
+        while (end := pending.find(b"\n", start)) >= 0:
+            yield bytes(pending[start:end])
+            start = end + 1
+        del pending[:start]
+    if pending:
+        yield bytes(pending)
 
 
 def parse_completion(content: bytes, route: Route) -> dict[str, Any]:

@@ -7,7 +7,7 @@ checked and consumed in one atomic step: a Lua script in Redis (one round trip,
 so N workers on M hosts never let more through than the limit), or the same
 algorithm on an in-process store when there is no Redis (one worker process).
 
-Per-minute windows are sliding logs (no burst at a window boundary). Daily and
+Per-minute windows slide in one-second steps (no burst at a window boundary). Daily and
 monthly windows are fixed, aligned to midnight in the provider's reset time
 zone; their counts are also written (in batches, off the request path) to
 DailyCounter rows, and read back when the fast store has no value for the
@@ -21,9 +21,7 @@ import datetime as dt
 import logging
 import math
 import threading
-import uuid
 import zoneinfo
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -126,11 +124,11 @@ class Outcome:
 
 
 class Store(Protocol):
-    async def acquire(self, checks: list[Check], member: str, now_ms: int, cooldown_key: str | None) -> Outcome: ...
+    async def acquire(self, checks: list[Check], now_ms: int, cooldown_key: str | None) -> Outcome: ...
 
     async def seed(self, key: str, value: int, expire_at_ms: int) -> None: ...
 
-    async def adjust(self, checks: list[Check], member: str, deltas: list[int]) -> None: ...
+    async def adjust(self, checks: list[Check], bucket: int, deltas: list[int]) -> None: ...
 
     async def park(self, key: str, until_ms: int, now_ms: int) -> None: ...
 
@@ -142,42 +140,55 @@ class Store(Protocol):
 # --- Redis store -----------------------------------------------------------------------------------------
 
 # KEYS: cooldown key (or a dummy), then one key per check.
-# ARGV: now_ms, member, then per check: kind ("s" sliding / "f" fixed), limit, cost, window_ms|reset_ms.
+# ARGV: now_ms, then per check: kind ("s" sliding / "f" fixed), limit, cost, window_ms|reset_ms.
 # Returns {1, used..., resets...} when admitted, {0, index, used, retry_ms} when refused by check `index`,
 # {0, 0, 0, ms_left} when the deployment is parked, {-1, index} when a fixed counter is missing.
 ACQUIRE_LUA = """
 local now = tonumber(ARGV[1])
-local member = ARGV[2]
 local n = #KEYS - 1
 if KEYS[1] ~= '' then
   -- A parked deployment: the key holds "until" in our clock (which tests can move), not Redis' own.
   local parked = tonumber(redis.call('GET', KEYS[1]) or '0')
   if parked > now then return {0, 0, 0, parked - now} end
 end
+-- A per-minute window is a hash of one-second buckets: summing at most ~60 fields costs the same at
+-- 10 requests a minute as at 100,000. A bucket counts until its end plus the window (never early).
+local function window(key, w)
+  local fields = redis.call('HGETALL', key)
+  local used, live, stale = 0, {}, {}
+  for j = 1, #fields, 2 do
+    local bucket, count = tonumber(fields[j]), tonumber(fields[j + 1])
+    if (bucket + 1) * 1000 + w <= now then
+      stale[#stale + 1] = fields[j]
+    else
+      used = used + count
+      live[#live + 1] = {bucket, count}
+    end
+  end
+  if #stale > 0 then redis.call('HDEL', key, unpack(stale)) end
+  table.sort(live, function(x, y) return x[1] < y[1] end)
+  return used, live
+end
 local used = {}
 local resets = {}
 for i = 1, n do
-  local b = 2 + (i - 1) * 4
+  local b = 1 + (i - 1) * 4
   local kind, limit, cost, w = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   local key = KEYS[i + 1]
   local u = 0
   if kind == 's' then
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', now - w)
-    local entries = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
-    for j = 1, #entries, 2 do
-      u = u + tonumber(string.match(entries[j], ':(%d+)$'))
-    end
-    local reset = 0
-    if #entries > 0 then reset = tonumber(entries[2]) + w - now end
+    local live
+    u, live = window(key, w)
     if u + cost > limit then
       local need, freed, retry = u + cost - limit, 0, w
-      for j = 1, #entries, 2 do
-        freed = freed + tonumber(string.match(entries[j], ':(%d+)$'))
-        if freed >= need then retry = tonumber(entries[j + 1]) + w - now break end
+      for j = 1, #live do
+        freed = freed + live[j][2]
+        if freed >= need then retry = (live[j][1] + 1) * 1000 + w - now break end
       end
       return {0, i, u, retry}
     end
-    resets[i] = reset
+    resets[i] = 0
+    if #live > 0 then resets[i] = (live[1][1] + 1) * 1000 + w - now end
   else
     local v = redis.call('GET', key)
     if not v then return {-1, i} end
@@ -187,13 +198,14 @@ for i = 1, n do
   end
   used[i] = u
 end
+local bucket = tostring(math.floor(now / 1000))
 for i = 1, n do
-  local b = 2 + (i - 1) * 4
+  local b = 1 + (i - 1) * 4
   local kind, cost, w = ARGV[b + 1], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   local key = KEYS[i + 1]
   if kind == 's' then
-    redis.call('ZADD', key, now, member .. ':' .. cost)
-    redis.call('PEXPIRE', key, w)
+    redis.call('HINCRBY', key, bucket, cost)
+    redis.call('PEXPIRE', key, w + 2000)
   else
     redis.call('INCRBY', key, cost)
   end
@@ -204,18 +216,14 @@ for i = 1, n do out[#out + 1] = resets[i] end
 return out
 """
 
-# KEYS: one per check. ARGV: member, then per check: kind, old cost, delta.
+# KEYS: one per check. ARGV: the admission's bucket (second), then per check: kind, delta.
 ADJUST_LUA = """
-local member = ARGV[1]
+local bucket = ARGV[1]
 for i = 1, #KEYS do
-  local b = 1 + (i - 1) * 3
-  local kind, old, delta = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  local b = 1 + (i - 1) * 2
+  local kind, delta = ARGV[b + 1], tonumber(ARGV[b + 2])
   if kind == 's' then
-    local score = redis.call('ZSCORE', KEYS[i], member .. ':' .. old)
-    if score then
-      redis.call('ZREM', KEYS[i], member .. ':' .. old)
-      redis.call('ZADD', KEYS[i], score, member .. ':' .. math.max(old + delta, 0))
-    end
+    if redis.call('HEXISTS', KEYS[i], bucket) == 1 then redis.call('HINCRBY', KEYS[i], bucket, delta) end
   elseif redis.call('EXISTS', KEYS[i]) == 1 then
     redis.call('INCRBY', KEYS[i], delta)
   end
@@ -250,9 +258,9 @@ class RedisStore:
             self._sync = redis.Redis.from_url(self.url)
         return self._sync
 
-    async def acquire(self, checks: list[Check], member: str, now_ms: int, cooldown_key: str | None) -> Outcome:
+    async def acquire(self, checks: list[Check], now_ms: int, cooldown_key: str | None) -> Outcome:
         _, acquire, _ = self._client()
-        args: list[Any] = [now_ms, member]
+        args: list[Any] = [now_ms]
         for c in checks:
             args += ["s" if c.limit.sliding else "f", c.limit.value, c.cost, c.window_ms]
         reply = await acquire(keys=[cooldown_key or "", *[c.key for c in checks]], args=args)
@@ -262,11 +270,11 @@ class RedisStore:
         client, _, _ = self._client()
         await client.set(key, value, nx=True, pxat=expire_at_ms + FIXED_GRACE_MS)
 
-    async def adjust(self, checks: list[Check], member: str, deltas: list[int]) -> None:
+    async def adjust(self, checks: list[Check], bucket: int, deltas: list[int]) -> None:
         _, _, adjust = self._client()
-        args: list[Any] = [member]
+        args: list[Any] = [bucket]
         for c, d in zip(checks, deltas, strict=True):
-            args += ["s" if c.limit.sliding else "f", c.cost, d]
+            args += ["s" if c.limit.sliding else "f", d]
         await adjust(keys=[c.key for c in checks], args=args)
 
     async def park(self, key: str, until_ms: int, now_ms: int) -> None:
@@ -279,10 +287,8 @@ class RedisStore:
         out = []
         for c in checks:
             if c.limit.sliding:
-                entries = client.zrangebyscore(c.key, now_ms - c.window_ms, "+inf", withscores=True)
-                used = sum(int(m.rsplit(b":", 1)[1]) for m, _ in entries)
-                reset = int(entries[0][1] + c.window_ms - now_ms) if entries else 0
-                out.append((used, reset))
+                buckets = {int(b): int(v) for b, v in client.hgetall(c.key).items()}
+                out.append(_window_usage(buckets, now_ms, c.window_ms))
             else:
                 out.append((int(client.get(c.key) or 0), c.window_ms - now_ms))
         return out
@@ -312,16 +318,16 @@ class MemoryStore:
     within the event loop; a lock covers the admin's reads from other threads."""
 
     def __init__(self) -> None:
-        self.sliding: dict[str, deque[tuple[int, str, int]]] = {}
+        self.sliding: dict[str, dict[int, int]] = {}  # key -> {second: count}
         self.fixed: dict[str, tuple[int, int]] = {}  # key -> (value, expires_ms)
         self.parked: dict[str, int] = {}
         self.lock = threading.Lock()
 
-    def _log(self, key: str, now_ms: int, window_ms: int) -> deque[tuple[int, str, int]]:
-        entries = self.sliding.setdefault(key, deque())
-        while entries and entries[0][0] <= now_ms - window_ms:
-            entries.popleft()
-        return entries
+    def _buckets(self, key: str, now_ms: int, window_ms: int) -> dict[int, int]:
+        buckets = self.sliding.setdefault(key, {})
+        for bucket in [b for b in buckets if (b + 1) * 1000 + window_ms <= now_ms]:
+            del buckets[bucket]
+        return buckets
 
     def _fixed(self, key: str, now_ms: int) -> int | None:
         entry = self.fixed.get(key)
@@ -329,33 +335,34 @@ class MemoryStore:
             return None
         return entry[0]
 
-    async def acquire(self, checks: list[Check], member: str, now_ms: int, cooldown_key: str | None) -> Outcome:
+    async def acquire(self, checks: list[Check], now_ms: int, cooldown_key: str | None) -> Outcome:
         with self.lock:
-            return self._acquire(checks, member, now_ms, cooldown_key)
+            return self._acquire(checks, now_ms, cooldown_key)
 
-    def _acquire(self, checks: list[Check], member: str, now_ms: int, cooldown_key: str | None) -> Outcome:
+    def _acquire(self, checks: list[Check], now_ms: int, cooldown_key: str | None) -> Outcome:
         if cooldown_key and self.parked.get(cooldown_key, 0) > now_ms:
             return Outcome(False, retry_after=(self.parked[cooldown_key] - now_ms) / 1000, cooling=True)
         used, resets = [], []
         for i, c in enumerate(checks):
             if c.limit.sliding:
-                entries = self._log(c.key, now_ms, c.window_ms)
-                u = sum(e[2] for e in entries)
+                buckets = self._buckets(c.key, now_ms, c.window_ms)
+                u, reset = _window_usage(buckets, now_ms, c.window_ms)
                 if u + c.cost > c.limit.value:
-                    return Outcome(False, check=c, used=[u], retry_after=_sliding_retry(entries, u, c, now_ms))
-                resets.append(entries[0][0] + c.window_ms - now_ms if entries else 0)
+                    return Outcome(False, check=c, used=[u], retry_after=_sliding_retry(buckets, u, c, now_ms))
             else:
                 value = self._fixed(c.key, now_ms)
                 if value is None:
                     return Outcome(False, missing=i)
-                u = value
+                u, reset = value, c.window_ms - now_ms
                 if u + c.cost > c.limit.value:
                     return Outcome(False, check=c, used=[u], retry_after=(c.window_ms - now_ms) / 1000)
-                resets.append(c.window_ms - now_ms)
             used.append(u)
+            resets.append(reset)
+        bucket = now_ms // 1000
         for c in checks:
             if c.limit.sliding:
-                self.sliding[c.key].append((now_ms, member, c.cost))
+                buckets = self.sliding[c.key]
+                buckets[bucket] = buckets.get(bucket, 0) + c.cost
             else:
                 value, expires = self.fixed[c.key]
                 self.fixed[c.key] = (value + c.cost, expires)
@@ -366,15 +373,13 @@ class MemoryStore:
             if self._fixed(key, clock_ms()) is None:
                 self.fixed[key] = (value, expire_at_ms)
 
-    async def adjust(self, checks: list[Check], member: str, deltas: list[int]) -> None:
+    async def adjust(self, checks: list[Check], bucket: int, deltas: list[int]) -> None:
         with self.lock:
             for c, delta in zip(checks, deltas, strict=True):
                 if c.limit.sliding:
-                    entries = self.sliding.get(c.key, deque())
-                    for i, (ts, m, cost) in enumerate(entries):
-                        if m == member:
-                            entries[i] = (ts, m, max(cost + delta, 0))
-                            break
+                    buckets = self.sliding.get(c.key, {})
+                    if bucket in buckets:
+                        buckets[bucket] = max(buckets[bucket] + delta, 0)
                 elif c.key in self.fixed:
                     value, expires = self.fixed[c.key]
                     self.fixed[c.key] = (value + delta, expires)
@@ -388,8 +393,7 @@ class MemoryStore:
         with self.lock:
             for c in checks:
                 if c.limit.sliding:
-                    entries = [e for e in self.sliding.get(c.key, ()) if e[0] > now_ms - c.window_ms]
-                    out.append((sum(e[2] for e in entries), entries[0][0] + c.window_ms - now_ms if entries else 0))
+                    out.append(_window_usage(dict(self.sliding.get(c.key, {})), now_ms, c.window_ms))
                 else:
                     out.append((self._fixed(c.key, now_ms) or 0, c.window_ms - now_ms))
         return out
@@ -401,12 +405,19 @@ class MemoryStore:
             self.parked.clear()
 
 
-def _sliding_retry(entries: deque[tuple[int, str, int]], used: int, c: Check, now_ms: int) -> float:
+def _window_usage(buckets: dict[int, int], now_ms: int, window_ms: int) -> tuple[int, int]:
+    """(used, ms until the oldest counted bucket stops counting) of a per-minute window."""
+    live = sorted(b for b in buckets if (b + 1) * 1000 + window_ms > now_ms)
+    used = sum(buckets[b] for b in live)
+    return used, ((live[0] + 1) * 1000 + window_ms - now_ms) if live else 0
+
+
+def _sliding_retry(buckets: dict[int, int], used: int, c: Check, now_ms: int) -> float:
     need, freed = used + c.cost - c.limit.value, 0
-    for ts, _, cost in entries:
-        freed += cost
+    for bucket in sorted(buckets):
+        freed += buckets[bucket]
         if freed >= need:
-            return max(ts + c.window_ms - now_ms, 0) / 1000
+            return max((bucket + 1) * 1000 + c.window_ms - now_ms, 0) / 1000
     return c.window_ms / 1000
 
 
@@ -508,7 +519,7 @@ async def _seed(check: Check) -> None:
 class Admission:
     """A request admitted on a deployment: remembers what it consumed so it can be corrected later."""
 
-    member: str
+    bucket: int  # the second it was counted in (per-minute windows are corrected there)
     checks: list[Check]
     outcome: Outcome
     estimated_tokens: int
@@ -551,13 +562,12 @@ def cooldown_key(deployment_id: int) -> str:
 
 async def try_admit(limits: list[Limit], deployment_id: int | None, tokens: int) -> Admission | Outcome:
     """Check and consume every limit at once; returns an Admission, or the refusing Outcome."""
-    member = uuid.uuid4().hex
     cool = cooldown_key(deployment_id) if deployment_id is not None else None
     for _ in range(len(limits) + 1):
         now = clock.now()
         checks = build_checks(limits, 1, tokens, now)
         try:
-            outcome = await store().acquire(checks, member, int(now * 1000), cool)
+            outcome = await store().acquire(checks, int(now * 1000), cool)
         except Exception as e:
             log.error("quota store unavailable: %s", type(e).__name__)
             raise GatewayError(503, "The quota store is unavailable, so no request can be admitted safely. "
@@ -571,7 +581,7 @@ async def try_admit(limits: list[Limit], deployment_id: int | None, tokens: int)
     for c in checks:
         if c.day is not None:
             ledger.add(c.durable_key, c.day, c.cost)
-    return Admission(member, checks, outcome, tokens)
+    return Admission(int(now), checks, outcome, tokens)
 
 
 async def settle(admission: Admission, actual_tokens: int | None) -> None:
@@ -582,7 +592,7 @@ async def settle(admission: Admission, actual_tokens: int | None) -> None:
     token_checks = [c for c in admission.checks if c.limit.unit == "tokens"]
     if not delta or not token_checks:
         return
-    await store().adjust(token_checks, admission.member, [delta] * len(token_checks))
+    await store().adjust(token_checks, admission.bucket, [delta] * len(token_checks))
     for c in token_checks:
         if c.day is not None:
             ledger.add(c.durable_key, c.day, delta)

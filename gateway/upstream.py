@@ -13,6 +13,7 @@ import logging
 import math
 import re
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 
 import orjson
 from asgiref.sync import async_to_sync
+from django.conf import settings
 
 from gateway import media, providers, redact
 from gateway.catalog import Route
@@ -79,14 +81,43 @@ def _litellm() -> Any:
     return litellm
 
 
+def litellm_loaded() -> bool:
+    return _ready.is_set()
+
+
 async def aclose() -> None:
     """Close LiteLLM's cached HTTP clients of this event loop (at shutdown)."""
     await _litellm().close_litellm_async_clients()
 
 
-def warm_up() -> None:
-    """Import LiteLLM before serving (see portal/asgi.py)."""
-    _litellm()
+_ready = threading.Event()
+
+
+async def ensure_litellm() -> Any:
+    """LiteLLM, imported in a worker thread the first time it is needed.
+
+    `import litellm` takes seconds of CPU and ~200 MB. Deployments served by the passthrough never need
+    it, so it is not imported at start; when it is needed, the import runs in a thread so the event loop
+    keeps serving every other request meanwhile (the interpreter's import lock makes concurrent callers
+    wait for the one import).
+    """
+    if not _ready.is_set():
+        await asyncio.to_thread(_litellm)
+        _ready.set()
+    return _litellm()
+
+
+async def prewarm() -> None:
+    """At start: if any enabled deployment needs LiteLLM, import it now (in the background)."""
+    from gateway import catalog, passthrough
+
+    try:
+        snapshot = await catalog.get()
+    except Exception:
+        log.warning("could not read the catalog to decide on preloading LiteLLM", exc_info=True)
+        return
+    if any(not passthrough.eligible(r) for routes in snapshot.by_name.values() for r in routes):
+        await ensure_litellm()
 
 
 class LiteLLMUpstream:
@@ -106,11 +137,14 @@ class LiteLLMUpstream:
         return kwargs
 
     async def _acompletion(self, route: Route, body: dict[str, Any], **extra: Any) -> Any:
-        litellm = _litellm()
+        litellm = await ensure_litellm()
         for attempt in (1, 2):
             kwargs = {**await self._call_kwargs(route, body), **extra}
             try:
-                return await litellm.acompletion(**kwargs)
+                # LiteLLM's own timeout bounds each read; this bounds the whole answer (a stream: its start),
+                # so a provider dripping bytes cannot hold the request forever.
+                async with asyncio.timeout(settings.UPSTREAM_TIMEOUT):
+                    return await litellm.acompletion(**kwargs)
             except Exception as e:
                 error = translate_error(e, route)
             if route.kind != "github_copilot" or error.upstream_status != 401:
@@ -127,7 +161,7 @@ class LiteLLMUpstream:
     async def complete(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
         response = await self._acompletion(route, body)
         result: dict[str, Any] = response.model_dump(exclude_none=True)
-        return result
+        return check_size(result, route)
 
     async def stream(self, route: Route, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         # Always ask for usage so it can be recorded; the view drops the usage
@@ -170,17 +204,18 @@ class LiteLLMUpstream:
         }
 
     async def embeddings(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
-        litellm = _litellm()
+        litellm = await ensure_litellm()
         fields = {k: body[k] for k in ("input", "dimensions", "user") if body.get(k) is not None}
         kwargs = await self._call_kwargs(route, fields)
         if route.kind == "github_models":
             # LiteLLM's github/ provider has no embeddings; GitHub Models serves them OpenAI-style.
             kwargs["model"] = f"openai/{route.upstream_model}"
         try:
-            response = await litellm.aembedding(**kwargs)
+            async with asyncio.timeout(settings.UPSTREAM_TIMEOUT):
+                response = await litellm.aembedding(**kwargs)
         except Exception as e:
             raise translate_error(e, route) from None
-        result: dict[str, Any] = response.model_dump(exclude_none=True)
+        result: dict[str, Any] = check_size(response.model_dump(exclude_none=True), route)
         if body.get("encoding_format") == "base64":
             # Asked of the provider as floats (not every provider, e.g. Gemini, offers base64), encoded here
             # the way OpenAI does: little-endian float32.
@@ -189,6 +224,22 @@ class LiteLLMUpstream:
                 if isinstance(vector, list):
                     item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
         return result
+
+
+def too_large(route: Route, cap: int) -> UpstreamError:
+    return UpstreamError(502, f"Provider '{route.provider_name}' (model '{route.public_name}') sent a response "
+                         f"larger than the limit of {cap} bytes (MAX_UPSTREAM_RESPONSE_BYTES).",
+                         code="upstream_response_too_large", upstream_status=502)
+
+
+def check_size(result: dict[str, Any], route: Route) -> dict[str, Any]:
+    """Refuse an answer over MAX_UPSTREAM_RESPONSE_BYTES. On the LiteLLM path this runs after LiteLLM has read
+    the whole body (it offers no hook to stop earlier), so it bounds what reaches clients and records, not the
+    worker's peak memory; the passthrough stops reading at the cap."""
+    cap = settings.MAX_UPSTREAM_RESPONSE_BYTES
+    if len(orjson.dumps(result)) > cap:
+        raise too_large(route, cap)
+    return result
 
 
 _LITELLM_PREFIX = re.compile(r"^(litellm\.\w+(Error|Exception)?:\s*)+")
@@ -286,11 +337,17 @@ def translate_error(exc: Exception, route: Route) -> UpstreamError:
     litellm = _litellm()
     where = f"provider '{route.provider_name}' (model '{route.public_name}')"
     status = getattr(exc, "status_code", None)
-    if isinstance(exc, litellm.Timeout):
+    if isinstance(exc, (litellm.Timeout, TimeoutError)):
         return UpstreamError(504, f"Timed out waiting for {where}.", code="upstream_timeout", upstream_status=status)
     if (isinstance(exc, litellm.APIConnectionError) and status in (None, 500)) or _is_connection_error(exc):
         log.warning("connection to %s failed: %s", where, _clean(str(exc)))
         return UpstreamError(502, f"Could not reach {where}.", code="upstream_connection_error", upstream_status=500)
+    if not isinstance(status, int) and isinstance(exc, litellm.APIError):
+        # No HTTP status: the provider answered 200 with an error object inside, or a body LiteLLM could not
+        # read. Its message says which; it is the provider's failure, not ours (no traceback in the log).
+        detail = redact.redact(_clean(str(exc)))
+        log.warning("%s returned an error: %s", where, detail)
+        return UpstreamError(502, f"{where} returned an error: {detail}", code="upstream_error", upstream_status=502)
     if not isinstance(status, int):
         log.exception("unexpected error calling %s", where)
         return UpstreamError(502, f"Unexpected error from {where}.", code="upstream_error")

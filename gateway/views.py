@@ -18,12 +18,12 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
-from gateway import catalog, db, media, quota, redact, router
+from gateway import catalog, db, health, media, quota, redact, router
 from gateway.auth import Principal, authenticate
 from gateway.calls import Call, finish
 from gateway.catalog import Route
 from gateway.errors import GatewayError, not_found
-from gateway.upstream import UpstreamError, default_upstream
+from gateway.upstream import UpstreamError, default_upstream, too_large
 from gateway.validation import json_body, parse_chat, parse_embeddings, parse_speech
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ def gateway_view(*methods: str) -> Callable[[View], Any]:
                 response = await view(request, *args, **kwargs)
             except GatewayError as e:
                 response = e.response()
+            except health.UNREACHABLE_ERRORS as e:
+                log.error("%s on %s: a backing service is unreachable", type(e).__name__, request.path)
+                response = health.unreachable(e).response()
             except Exception:
                 log.error("unhandled error on %s", request.path, exc_info=True)
                 response = GatewayError(500, "Internal error in the portal.", code="internal_error").response()
@@ -222,24 +225,39 @@ async def sse_events(
 ) -> AsyncIterator[bytes]:
     """Forward each upstream chunk as it arrives; a failure mid-stream ends with an error event."""
     call.status = 200
+    # The whole stream is capped like a whole answer: an endless stream would otherwise grow call.stream_text.
+    budget = settings.MAX_UPSTREAM_RESPONSE_BYTES
     try:
         if first is not None:
             call.mark_first_token()
             call.take_chunk(first)
             if (out := _for_client(first, include_usage)) is not None:
-                yield b"data: " + orjson.dumps(out) + b"\n\n"
+                event = b"data: " + orjson.dumps(out) + b"\n\n"
+                budget -= len(event)
+                yield event
         async for chunk in _with_keepalive(chunks):
             if chunk is None:
                 yield b": keepalive\n\n"
                 continue
             call.take_chunk(chunk)
             if (out := _for_client(chunk, include_usage)) is not None:
-                yield b"data: " + orjson.dumps(out) + b"\n\n"
+                event = b"data: " + orjson.dumps(out) + b"\n\n"
+                budget -= len(event)
+                if budget < 0:
+                    assert call.route is not None
+                    raise too_large(call.route, settings.MAX_UPSTREAM_RESPONSE_BYTES)
+                yield event
         yield b"data: [DONE]\n\n"
     except UpstreamError as e:
         # Headers (200) are already sent: the error travels in-band, never as a silent success.
         call.error_code, call.error_message = e.code, e.message
         yield b"data: " + orjson.dumps(e.body()) + b"\n\n"
+    except Exception:
+        # A bug of ours, or an upstream failure nobody translated: still an error event, never a cut connection.
+        log.error("stream %s failed", call.request_id, exc_info=True)
+        error = GatewayError(500, "Internal error in the portal.", code="internal_error")
+        call.error_code, call.error_message = error.code, error.message
+        yield b"data: " + orjson.dumps(error.body()) + b"\n\n"
     except (asyncio.CancelledError, GeneratorExit):
         call.client_disconnected = True
         call.error_code = "client_disconnected"
@@ -333,15 +351,18 @@ async def _check_cache() -> str:
 
 @gateway_view("GET", "HEAD")
 async def readiness(request: HttpRequest) -> HttpResponse:
-    db_state = await sync_to_async(db.managed(_check_db))()
-    cache_state = await _check_cache()
-    ready = db_state == "ok" and cache_state == "ok"
+    # Concurrently: a dead service must not make the probe wait for each check in turn.
+    db_state, cache_state, broker_state = await asyncio.gather(
+        sync_to_async(db.managed(_check_db))(), _check_cache(), health.check_broker()
+    )
+    ready = db_state == cache_state == broker_state == "ok"
     return json_response(
         {
             "status": "ready" if ready else "unavailable",
             "db": db_state,
             "cache": cache_state,
             "cache_backend": "redis" if settings.REDIS_URL else "in-process",
+            "broker": broker_state,
         },
         status=200 if ready else 503,
     )

@@ -80,10 +80,6 @@ class GatewayHandler(ASGIHandler):
                 await task
 
 
-# LiteLLM takes seconds to import: do it now (once, in gunicorn's master with --preload), never inside the
-# first request, where it would block the event loop for every request in flight.
-upstream.warm_up()
-
 django_app = ASGIHandler()
 gateway_app = GatewayHandler()
 
@@ -100,16 +96,22 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await django_app(scope, receive, send)
 
 
+_background: set[asyncio.Task[None]] = set()
+
+
 async def _lifespan(receive: Any, send: Any) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            # LiteLLM only if some deployment needs it, imported in the background: the worker serves at once.
+            _background.add(asyncio.create_task(upstream.prewarm()))
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             # Daily quota counts not yet in the database must survive the restart.
             await sync_to_async(quota.ledger.flush)()
             await passthrough.instance.aclose()
-            await upstream.aclose()
+            if upstream.litellm_loaded():
+                await upstream.aclose()
             # Buffered usage records too (gunicorn's SIGTERM -> uvicorn runs this after in-flight requests).
             await sync_to_async(recorder.shutdown, thread_sensitive=False)()
             await send({"type": "lifespan.shutdown.complete"})

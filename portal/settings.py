@@ -245,6 +245,9 @@ MAX_REQUEST_BODY_BYTES = envint("MAX_REQUEST_BODY_BYTES", str(20 * 1024 * 1024))
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 # Seconds to wait for an upstream before answering 504.
 UPSTREAM_TIMEOUT = envfloat("UPSTREAM_TIMEOUT", "600")
+# Largest answer read from a provider (a whole response, or a whole stream); more is a 502 (an error event in a
+# stream) instead of a worker that runs out of memory.
+MAX_UPSTREAM_RESPONSE_BYTES = envint("MAX_UPSTREAM_RESPONSE_BYTES", str(50 * 1024 * 1024))
 # Call OpenAI-native upstreams directly (pooled HTTP, SSE forwarded as is) instead of through LiteLLM.
 PASSTHROUGH = envbool("PASSTHROUGH", "True")
 # A stream whose provider sends nothing for this long (seconds) is ended with an error event.

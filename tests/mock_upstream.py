@@ -28,6 +28,7 @@ import hashlib
 import itertools
 import re
 import signal
+import socket
 import struct
 import threading
 import time
@@ -74,7 +75,8 @@ _CHUNKED_END = b"0\r\n\r\n"
 class Behaviour:
     """How the mock answers chat/embedding requests. Assign a fresh instance to change behaviour mid-test.
 
-    The failure modes (``status >= 400``, ``malformed``, ``disconnect_after_chunks``) apply to every request, or only
+    The failure modes (``status >= 400``, ``malformed``, ``disconnect_after_chunks``, ``reset_after_bytes``,
+    ``error_in_200``) apply to every request, or only
     to the first ``fail_times`` requests served with this instance (after which it answers normally); a ``status``
     below 400 is ignored (successes are always 200). ``headers`` and ``latency`` apply to every chat/embeddings
     response, successful or not. ``/models`` ignores behaviours, so discovery and health checks keep working.
@@ -97,12 +99,28 @@ class Behaviour:
     # "tool_calls"; streamed as OpenAI does (id and name first, then the arguments in pieces). The ``reply`` text,
     # unless empty, comes before them, as Claude models do.
     tool_calls: list[dict[str, Any]] | None = None
+    # Slow body: a non-streamed response's body goes out in ``body_pieces`` pieces with this delay between
+    # them (the headers, after ``latency``, come at once).
+    body_delay: float = 0.0
+    body_pieces: int = 8
+    # Failure mode: a non-streamed response sends its head (with the full content-length) and this many body
+    # bytes, then resets the connection (TCP RST).
+    reset_after_bytes: int | None = None
+    # Failure mode: status 200 with this error object inside: the whole body ``{"error": ...}`` when not
+    # streamed; in a stream, a ``data: {"error": ...}`` event after the first chunk (then ``[DONE]``, as if fine).
+    error_in_200: dict[str, Any] | None = None
     # How many requests this instance has failed so far (drives ``fail_times``); not part of equality.
     failures_served: int = field(default=0, init=False, compare=False)
 
     @property
     def has_failure_mode(self) -> bool:
-        return self.status >= 400 or self.malformed or self.disconnect_after_chunks is not None
+        return (
+            self.status >= 400
+            or self.malformed
+            or self.disconnect_after_chunks is not None
+            or self.reset_after_bytes is not None
+            or self.error_in_200 is not None
+        )
 
     def claim_failure(self) -> bool:
         """Decide whether the current request gets the failure modes, consuming one of ``fail_times``."""
@@ -287,6 +305,7 @@ def _stream_events(
     malformed: bool,
     tool_calls: Sequence[dict[str, Any]] = (),
     stop_reason: str | None = None,
+    error: dict[str, Any] | None = None,
 ) -> list[bytes]:
     """All SSE events of one streamed completion, in order (the last is ``[DONE]``)."""
 
@@ -299,6 +318,8 @@ def _stream_events(
     events = [chunk({"role": "assistant", "content": ""})]
     if malformed:
         events.append(_MALFORMED_SSE)
+    if error is not None:
+        return [*events, _sse({"error": error}), _DONE_EVENT]
     events.extend(chunk({"content": piece}) for piece in pieces)
     events.extend(chunk(delta) for delta in _tool_call_deltas(tool_calls))
     events.append(chunk({}, finish))
@@ -399,6 +420,10 @@ class _Connection:
                 head = buf[:end].decode("latin-1")
                 del buf[: end + 4]
                 return head
+            if buf[:2] == b"\x16\x03":
+                # A TLS ClientHello (an https:// URL pointed at this plain-HTTP port): refuse it at once, as a
+                # real HTTP server does, instead of waiting for a request head that never comes.
+                raise _HttpError(400, "TLS handshake on a plain HTTP port")
             if len(buf) > MAX_HEAD_BYTES:
                 raise _HttpError(431, "request head too large")
             if not await self._fill():
@@ -493,6 +518,15 @@ class _Connection:
     def cancel_watching(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Drop the connection with a TCP RST (SO_LINGER 0) instead of an orderly FIN, as a crashed peer does."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 def _parse_json(body: bytes) -> Any:
@@ -732,6 +766,32 @@ class MockUpstream:
             return self._note_disconnect()
         return keep_alive
 
+    async def _send_body(
+        self, conn: _Connection, body: bytes, keep_alive: bool, behaviour: Behaviour, failing: bool
+    ) -> bool:
+        """A successful non-streamed response, honouring the slow-body and reset-mid-body knobs."""
+        cut = behaviour.reset_after_bytes if failing else None
+        if cut is None and behaviour.body_delay <= 0:
+            return await self._send(conn, 200, body, keep_alive, behaviour.headers)
+        head = _response_head(200, "application/json", behaviour.headers, keep_alive, length=len(body))
+        writer = conn.writer
+        try:
+            writer.write(head)
+            if cut is not None:
+                writer.write(body[:cut])
+                await writer.drain()
+                _reset(writer)
+                return False
+            step = max(1, -(-len(body) // max(1, behaviour.body_pieces)))
+            for index, start in enumerate(range(0, len(body), step)):
+                if index and await conn.sleep(behaviour.body_delay):
+                    return self._note_disconnect()
+                writer.write(body[start : start + step])
+                await writer.drain()
+        except ConnectionError:
+            return self._note_disconnect()
+        return keep_alive
+
     async def _send_json(
         self, conn: _Connection, status: int, payload: Any, keep_alive: bool, headers: dict[str, str] | None = None
     ) -> bool:
@@ -788,10 +848,13 @@ class MockUpstream:
                 failing and behaviour.malformed,
                 tool_calls,
                 matched_stop,
+                behaviour.error_in_200 if failing else None,
             )
             return await self._stream(conn, request, behaviour, events, keep_alive, failing)
         if failing and behaviour.malformed:
             return await self._send(conn, 200, _MALFORMED_JSON, keep_alive, behaviour.headers)
+        if failing and behaviour.error_in_200 is not None:
+            return await self._send_json(conn, 200, {"error": behaviour.error_in_200}, keep_alive, behaviour.headers)
         message = {"role": "assistant", "content": "".join(pieces), "refusal": None}
         if tool_calls:
             message = {**message, "content": message["content"] or None, "tool_calls": tool_calls}
@@ -803,7 +866,7 @@ class MockUpstream:
             "usage": usage,
             "system_fingerprint": None,
         }
-        return await self._send_json(conn, 200, payload, keep_alive, behaviour.headers)
+        return await self._send_body(conn, orjson.dumps(payload), keep_alive, behaviour, failing)
 
     async def _stream(
         self,
@@ -857,7 +920,11 @@ class MockUpstream:
             return await self._send_behaviour_error(conn, behaviour, keep_alive)
         if failing and behaviour.malformed:
             return await self._send(conn, 200, _MALFORMED_JSON, keep_alive, behaviour.headers)
-        return await self._send_json(conn, 200, _embedding_payload(body, model), keep_alive, behaviour.headers)
+        if failing and behaviour.error_in_200 is not None:
+            return await self._send_json(conn, 200, {"error": behaviour.error_in_200}, keep_alive, behaviour.headers)
+        return await self._send_body(
+            conn, orjson.dumps(_embedding_payload(body, model)), keep_alive, behaviour, failing
+        )
 
     def _model_ids(self) -> list[str]:
         # Models with a per-model behaviour are listed too, so discovery-based tests see their deployments.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -36,6 +37,14 @@ class PortalProcess:
         self.env = {**os.environ, "DATABASE_URL": test_database_url(), "PYTHONUNBUFFERED": "1", **env}
         self.proc: subprocess.Popen[bytes] | None = None
 
+    def manage(self, *argv: str, timeout: float = 120) -> str:
+        """`manage.py <argv>` with this portal's environment (e.g. migrate its own database); its stdout."""
+        done = subprocess.run([sys.executable, "manage.py", *argv], cwd=ROOT, env=self.env, capture_output=True,
+                              text=True, timeout=timeout, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"manage.py {argv[0]} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        return done.stdout
+
     def start(self, timeout: float = 60) -> PortalProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "portal.asgi:application", "--host", "127.0.0.1",
@@ -64,5 +73,63 @@ class PortalProcess:
 
     def __exit__(self, *exc: Any) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class GunicornProcess:
+    """The portal as production serves it (gunicorn + uvicorn workers, deploy/gunicorn.conf.py), on the test
+    database, with its master's and workers' pids at hand for signals."""
+
+    def __init__(self, log_path: Path, workers: int = 2, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self.env = {
+            **os.environ, "DATABASE_URL": test_database_url(), "HOST": "127.0.0.1", "PORT": str(self.port),
+            "WEB_CONCURRENCY": str(workers), "PYTHONUNBUFFERED": "1", **env,
+        }
+        self.workers = workers
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 90) -> GunicornProcess:
+        gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([gunicorn, "portal.asgi:application", "-c", "deploy/gunicorn.conf.py"],
+                                         cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.url}/health/liveliness", timeout=2).status_code == 200 and \
+                        len(self.worker_pids()) == self.workers:
+                    return self
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not start (exit {self.proc.poll()}):\n{self.output()[-3000:]}")
+            time.sleep(0.2)
+
+    def worker_pids(self) -> list[int]:
+        assert self.proc is not None
+        children: list[int] = []
+        for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):
+            try:
+                children += [int(pid) for pid in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        return sorted(children)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def __enter__(self) -> GunicornProcess:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            # Workers first: killed alone, the master would leave them holding database connections.
+            for pid in self.worker_pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.proc.kill()
             self.proc.wait()

@@ -170,9 +170,10 @@ def log_trace(record: UsageRecord, eid: str) -> None:
 
     start_ns = to_ns(record.created)
     end_ns = to_ns(record.ended) if record.ended else start_ns
-    span_type = {"chat.completions": SpanType.CHAT_MODEL, "embeddings": SpanType.EMBEDDING}.get(
-        record.endpoint, SpanType.LLM
-    )
+    span_type = {
+        "chat.completions": SpanType.CHAT_MODEL, "messages": SpanType.CHAT_MODEL, "responses": SpanType.CHAT_MODEL,
+        "embeddings": SpanType.EMBEDDING,
+    }.get(record.endpoint, SpanType.LLM)
     attributes: dict[str, Any] = {
         SpanAttributeKey.MODEL: record.upstream_model or record.model,
         SpanAttributeKey.MODEL_PROVIDER: record.provider,

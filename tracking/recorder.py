@@ -174,7 +174,7 @@ def build_record(call: Call, rules: list[BodyLoggingRule]) -> UsageRecord:
         status=call.status,
         error_code=(call.error_code or "")[:64],
         error_message=call.error_message[:2000],
-        ok=call.status < 400 and call.error_code in (None, "", "client_disconnected"),
+        ok=0 < call.status < 400 and call.error_code in (None, "", "client_disconnected"),
         streamed=call.streamed,
         client_disconnected=disconnected,
         attempts=call.attempts,
@@ -214,7 +214,7 @@ def count_missing_tokens(record: UsageRecord, call: Call) -> None:
         else:
             return
         record.tokens_counted = True
-    if record.completion_tokens is None and call.endpoint == "chat.completions":
+    if record.completion_tokens is None and (call.streamed or call.endpoint == "chat.completions"):
         text = "".join(call.stream_text) if call.streamed else _message_text(call.response_body)
         record.completion_tokens = _count(model, text=text) if text else 0
         record.tokens_counted = True

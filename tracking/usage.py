@@ -43,7 +43,7 @@ def percentile_of(rows: QuerySet[UsageRecord], count: int, pct: int) -> float | 
         return None
     rank = max(-(-pct * count // 100), 1)
     value = rows.order_by("latency_ms").values_list("latency_ms", flat=True)[rank - 1]
-    return round(float(value), 1)
+    return None if value is None else round(float(value), 1)
 
 
 def dashboard(days: int) -> dict[str, Any]:
@@ -93,12 +93,13 @@ def daily_by_model(rows: QuerySet[UsageRecord], since: dt.datetime, days: int) -
 
 
 def by_model(rows: QuerySet[UsageRecord]) -> list[dict[str, Any]]:
-    out = list(
-        rows.values("model")
+    out: list[dict[str, Any]] = [
+        dict(row)
+        for row in rows.values("model")
         .annotate(requests=Count("id"), errors=Count("id", filter=Q(ok=False)),
                   tokens=Coalesce(Sum("total_tokens"), 0), timed=Count("latency_ms"))
         .order_by("-requests", "model")
-    )
+    ]
     for i, row in enumerate(out):
         row["model"] = row["model"] or "(none)"
         row["error_rate"] = _rate(row["errors"], row["requests"])
