@@ -1,17 +1,20 @@
 """gunicorn settings for the portal (ASGI via uvicorn workers), driven by env vars."""
 
 import gc
-
 import os
 
 # All interfaces by default: in a container, Nginx reaches the portal over the compose network.
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '4000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-worker_class = "uvicorn_worker.UvicornWorker"
-# Import Django (and LiteLLM) once in the master; workers fork with it loaded.
+# uvicorn's worker, ending its graceful shutdown a few seconds before gunicorn's (portal/workers.py).
+worker_class = "portal.workers.UvicornWorker"
+# Import Django and the app once in the master; workers fork with it loaded. (LiteLLM is imported later,
+# in the background, only by workers whose catalog needs it: see gateway.upstream.ensure_litellm.)
 preload_app = True
 # Streams can be long; the worker heartbeat is separate from request time under uvicorn.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
+# After SIGTERM: requests in flight get graceful_timeout - 5 s to finish (streams still running then end with an
+# error event), the last seconds write buffered usage records and daily counts; then gunicorn SIGKILLs.
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "30"))
 keepalive = 75
 # The real client address behind Nginx: uvicorn (proxy_headers is on) replaces the peer address with
@@ -26,7 +29,7 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 
-def pre_fork(server, worker):  # noqa: ANN001
+def pre_fork(server: object, worker: object) -> None:
     # Objects loaded by the master (Django, the app) move to a permanent generation, so the workers' garbage
     # collector never touches them and their memory pages stay shared with the master instead of copied.
     gc.freeze()

@@ -259,8 +259,11 @@ async def sse_events(
         call.error_code, call.error_message = error.code, error.message
         yield b"data: " + orjson.dumps(error.body()) + b"\n\n"
     except (asyncio.CancelledError, GeneratorExit):
-        call.client_disconnected = True
-        call.error_code = "client_disconnected"
+        if health.server_state.cutting_requests:  # a restart's graceful time ran out, the client was there
+            call.error_code, call.error_message = "server_shutting_down", "Stopped by the portal's shutdown."
+        else:
+            call.client_disconnected = True
+            call.error_code = "client_disconnected"
         raise
     finally:
         await chunks.aclose()  # type: ignore[attr-defined]

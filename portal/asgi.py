@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from typing import Any
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
@@ -18,12 +19,14 @@ import django
 
 django.setup(set_prefix=False)
 
+import orjson  # noqa: E402
 from asgiref.sync import sync_to_async  # noqa: E402
 from django.core.exceptions import RequestAborted  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
 
-from gateway import passthrough, quota, upstream  # noqa: E402
+from gateway import health, passthrough, quota, upstream  # noqa: E402
+from gateway.errors import GatewayError  # noqa: E402
 from portal.lean import GATEWAY_PREFIXES, reject_oversized  # noqa: E402
 from tracking import recorder  # noqa: E402
 
@@ -72,12 +75,20 @@ class GatewayHandler(ASGIHandler):
         # so a disconnect cancels the view (and with it the upstream call).
         listener = asyncio.create_task(self.listen_for_disconnect(receive))
         worker = asyncio.create_task(process_request())
-        await asyncio.wait([listener, worker], return_when=asyncio.FIRST_COMPLETED)
-        for task in (listener, worker):
-            if not task.done():
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, RequestAborted):
-                await task
+        try:
+            await asyncio.wait([listener, worker], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # The server cancels a request only when its graceful shutdown time is over (portal/workers.py):
+            # the view is cut by us, not by its client, and its usage record must say so.
+            health.server_state.cutting_requests = True
+            raise
+        finally:
+            # Also when cancelled: the view must end (and record its call) before this request is over.
+            for task in (listener, worker):
+                if not task.done():
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RequestAborted):
+                    await task
 
 
 django_app = ASGIHandler()
@@ -91,9 +102,60 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "http" and scope["path"].startswith(GATEWAY_PREFIXES):
         if await reject_oversized(scope, send):
             return
-        await gateway_app(scope, receive, send)
+        await _serve_gateway(scope, receive, send)
         return
     await django_app(scope, receive, send)
+
+
+class _ResponseWatch:
+    """Passes the response on, noting whether it started, is a stream, and ended (a few attribute writes)."""
+
+    __slots__ = ("ended", "send", "started", "streaming")
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.started = self.streaming = self.ended = False
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            self.streaming = any(name == b"content-type" and value.startswith(b"text/event-stream")
+                                 for name, value in message.get("headers", ()))
+        elif not message.get("more_body", False):
+            self.ended = True
+        await self.send(message)
+
+    async def end_for_shutdown(self) -> None:
+        """The graceful shutdown's time is over: a stream gets a last error event instead of being cut without
+        a word; a request that has not answered yet gets a 503 envelope."""
+        error = GatewayError(503, "The portal is restarting; this request was stopped. Retry it.",
+                             code="server_shutting_down", headers={"Retry-After": "5"})
+        with contextlib.suppress(Exception):
+            if not self.started:
+                response = error.response()
+                headers = [(k.lower().encode(), v.encode()) for k, v in response.items()]
+                await self.send({"type": "http.response.start", "status": 503, "headers": headers})
+                await self.send({"type": "http.response.body", "body": response.content})
+            elif self.streaming and not self.ended:
+                event = b"data: " + orjson.dumps(error.body()) + b"\n\n"
+                await self.send({"type": "http.response.body", "body": event})
+
+
+_in_flight = 0  # gateway requests being served; the lifespan shutdown waits for the cut ones to record
+
+
+async def _serve_gateway(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    global _in_flight
+    watch = _ResponseWatch(send)
+    _in_flight += 1
+    try:
+        await gateway_app(scope, receive, watch)
+    except asyncio.CancelledError:
+        # Only the server cancels a request (a client leaving ends it from inside, see GatewayHandler._serve).
+        # The request ends here, answered, so the task is not re-cancelled: uvicorn moves on to the shutdown.
+        await watch.end_for_shutdown()
+    finally:
+        _in_flight -= 1
 
 
 _background: set[asyncio.Task[None]] = set()
@@ -107,6 +169,10 @@ async def _lifespan(receive: Any, send: Any) -> None:
             _background.add(asyncio.create_task(upstream.prewarm()))
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            # Requests cut at the end of the graceful time are ending concurrently: let them record their calls.
+            deadline = time.monotonic() + 2
+            while _in_flight and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
             # Daily quota counts not yet in the database must survive the restart.
             await sync_to_async(quota.ledger.flush)()
             await passthrough.instance.aclose()

@@ -106,8 +106,10 @@ class Recorder:
                         raise
                     written += len(batch)
             finally:
-                # This thread's connection: closed between flushes, so an idle portal holds none.
-                connections.close_all()
+                if threading.current_thread() is self.thread:
+                    # The writer's own connection: closed between flushes, so an idle portal holds none.
+                    # (Never another caller's: it may be inside a transaction.)
+                    connections.close_all()
         return written
 
     def shutdown(self) -> None:
