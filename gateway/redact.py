@@ -13,6 +13,8 @@ _secrets: set[str] = set()
 _PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"),
     re.compile(r"\b(sk-[A-Za-z0-9_-]{4})[A-Za-z0-9_-]{8,}"),
+    # Our own user keys, sk-<prefix>.<secret>: the prefix may show, the secret never.
+    re.compile(r"\b(sk-[a-z0-9]{8}\.)[A-Za-z0-9_-]{4,}"),
     re.compile(r"\b(AIza[0-9A-Za-z_-]{4})[0-9A-Za-z_-]{20,}"),
     re.compile(r"\b(gh[opusr]_[A-Za-z0-9]{4})[A-Za-z0-9]{16,}"),
     re.compile(r"(?i)([?&]key=)[^&\s\"']+"),
@@ -25,8 +27,16 @@ def register(secret: str) -> None:
         _secrets.add(secret)
 
 
+def _configured() -> list[str]:
+    """The portal's own secrets: a master key need not look like a key (LITELLM_MASTER_KEY is free-form)."""
+    from django.conf import settings
+
+    values = (getattr(settings, name, "") for name in ("MASTER_KEY", "SECRET_KEY", "API_KEY_PEPPER"))
+    return [value for value in values if isinstance(value, str) and len(value) >= 8]
+
+
 def redact(text: str) -> str:
-    for secret in _secrets:
+    for secret in (*_secrets, *_configured()):
         if secret in text:
             text = text.replace(secret, "***")
     for pattern in _PATTERNS:

@@ -119,7 +119,7 @@ class _ResponseWatch:
     async def __call__(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.started = True
-            self.streaming = any(name == b"content-type" and value.startswith(b"text/event-stream")
+            self.streaming = any(name.lower() == b"content-type" and value.startswith(b"text/event-stream")
                                  for name, value in message.get("headers", ()))
         elif not message.get("more_body", False):
             self.ended = True
@@ -130,7 +130,7 @@ class _ResponseWatch:
         a word; a request that has not answered yet gets a 503 envelope."""
         error = GatewayError(503, "The portal is restarting; this request was stopped. Retry it.",
                              code="server_shutting_down", headers={"Retry-After": "5"})
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception):  # the connection may be gone too
             if not self.started:
                 response = error.response()
                 headers = [(k.lower().encode(), v.encode()) for k, v in response.items()]

@@ -167,6 +167,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy and Permissions-Policy on the admin and the other pages.
+    "portal.middleware.SecurityHeadersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -238,6 +240,10 @@ CSRF_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# HSTS on HTTPS responses. Off by default: the bundled Nginx sends it; set it when TLS ends elsewhere.
+SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", "0")
 
 # --- Gateway ---
 # Largest request body accepted on /v1 (bytes); larger gets a 413 envelope.
@@ -322,7 +328,14 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _celery_queue = DATA_DIR / "celery" / "queue"
     _celery_queue.mkdir(parents=True, exist_ok=True)
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"data_folder_in": str(_celery_queue), "data_folder_out": str(_celery_queue)}
+    # control_folder too: kombu's default is the working directory (it would litter the checkout).
+    _celery_control = DATA_DIR / "celery" / "control"
+    _celery_control.mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_celery_queue),
+        "data_folder_out": str(_celery_queue),
+        "control_folder": str(_celery_control),
+    }
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -378,6 +391,12 @@ if not re.fullmatch(r"\d+/\d*[smhd]", LOGIN_RATE):
     raise ImproperlyConfigured(f"LOGIN_RATE must look like 10/m (count/period s, m, h or d), got {LOGIN_RATE!r}")
 # django-ratelimit counts in the default cache: in-process when embedded (one process), Redis otherwise.
 RATELIMIT_USE_CACHE = "default"
+# Invalid API keys allowed per client IP per window (seconds) on /v1; past it the IP gets 429 until the window
+# ends (gateway/auth.py). 0 turns the brake off.
+AUTH_FAILURE_LIMIT = envint("AUTH_FAILURE_LIMIT", "20")
+AUTH_FAILURE_WINDOW = envfloat("AUTH_FAILURE_WINDOW", "60")
+if AUTH_FAILURE_WINDOW <= 0:
+    raise ImproperlyConfigured(f"AUTH_FAILURE_WINDOW must be a positive number of seconds, got {AUTH_FAILURE_WINDOW}")
 LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "accounts:keys"
 LOGOUT_REDIRECT_URL = "accounts:login"

@@ -27,6 +27,8 @@ from tests.mock_github import MockGitHub
 from tests.mock_upstream import MockUpstream
 from tests.personas import personas  # noqa: F401  (alice, bob, charlie and an operator)
 
+pytest_plugins = ["tests.secret_guard"]  # every log record of the session, checked for secrets
+
 
 def pytest_configure(config: Any) -> None:
     """Remove SQLite test files of finished runs: pytest-django deletes the file but not its WAL side
@@ -132,11 +134,12 @@ def live_portal(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveSe
 @pytest.fixture(autouse=True)
 def fresh_cache() -> Iterator[None]:
     """Each test starts with empty counters and a catalog reloaded from its own rows."""
-    from gateway import catalog, clock, quota, router
+    from gateway import auth, catalog, clock, quota, router
 
     cache.clear()
     quota.store().clear()
     router._failures.clear()
+    auth.throttle.reset()
     clock.reset()
     catalog.invalidate()
     yield

@@ -21,6 +21,9 @@ from tests.conftest import make_deployment, make_provider
 from tracking import recorder
 from tracking.models import UsageRecord
 
+# The test client is synchronous; the CSV stream is async for ASGI (where the portal runs).
+pytestmark = pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume asynchronous iterators")
+
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 DASHBOARD = "admin:tracking_dashboard"
