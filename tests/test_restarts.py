@@ -113,7 +113,7 @@ def test_sigterm_mid_burst_ends_every_stream_properly_and_saves_usage_and_counte
 
     # Every call has its record (written by the shutdown: the flush interval is an hour), and the daily counts.
     records = dict(UsageRecord.objects.values_list("request_id", "error_code"))
-    assert set(records) == {end.request_id for end in ends}
+    assert set(records) == {end.request_id for end in ends}, log
     assert sorted(records.values()).count("") == 8
     counted = DailyCounter.objects.aggregate(total=Sum("value"))["total"]
     assert counted == len(models)
