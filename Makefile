@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 4000
 export PORT
 
-.PHONY: run test install lint check bench bench-litellm clean
+.PHONY: run test install lint check bench bench-litellm soak clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; run with PYTHON=python3"; exit 1; }
@@ -48,6 +48,10 @@ check: install
 
 bench: install
 	$(PY) bench/bench.py $(BENCH_ARGS)
+
+# 50,000 mixed requests through gunicorn on PostgreSQL + Redis: memory, descriptors, connections, usage records.
+soak: install
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 # The same run plus LiteLLM Proxy on the same mocks, from its own venv (never a dependency of the portal).
 LITELLM_VENV := .venv-litellm

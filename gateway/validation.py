@@ -34,7 +34,27 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
         raise bad_request(f"The request body is not valid JSON: {e}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise bad_request("The request body must be a JSON object.", code="invalid_json")
+    # Fewer brackets than the limit cannot nest deeper than it: the walk runs only for bodies that might.
+    if raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and _depth_exceeds(data, MAX_JSON_DEPTH):
+        raise bad_request(f"The request body is nested more than {MAX_JSON_DEPTH} levels deep.",
+                          code="invalid_json")
     return data
+
+
+# Deeper JSON is refused: orjson (which writes the body upstream and into usage records) stops at 254 levels,
+# and no real request comes near this.
+MAX_JSON_DEPTH = 128
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def too_large() -> GatewayError:

@@ -173,18 +173,12 @@ async def _lifespan(receive: Any, send: Any) -> None:
             deadline = time.monotonic() + 2
             while _in_flight and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            print("DBG inflight", _in_flight, time.time(), flush=True)
             # Daily quota counts not yet in the database must survive the restart.
             await sync_to_async(quota.ledger.flush)()
-            print("DBG ledger", time.time(), flush=True)
             await passthrough.instance.aclose()
-            print("DBG passthrough", time.time(), flush=True)
             if upstream.litellm_loaded():
                 await upstream.aclose()
-            print("DBG upstream", time.time(), flush=True)
             # Buffered usage records too (gunicorn's SIGTERM -> uvicorn runs this after in-flight requests).
-            print("DBG pending", len(recorder.recorder.pending), recorder.recorder.write_lock.locked(), flush=True)
             await sync_to_async(recorder.shutdown, thread_sensitive=False)()
-            print("DBG recorder", time.time(), flush=True)
             await send({"type": "lifespan.shutdown.complete"})
             return

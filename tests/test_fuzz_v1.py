@@ -21,10 +21,10 @@ from tests.conftest import make_deployment, make_provider
 from tests.secret_guard import PROVIDER_TEST_SECRET
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/messages", "/v1/responses")
-FUZZ = settings(max_examples=150, deadline=None, database=None, derandomize=False,
+FUZZ = settings(max_examples=100, deadline=None, database=None, derandomize=False,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large])
-FEW = settings(FUZZ, max_examples=60)
+FEW = settings(FUZZ, max_examples=40)
 
 # A body each endpoint accepts; the fuzzers break one part of it at a time, to get past the first check.
 VALID = {
@@ -141,7 +141,9 @@ RAW_BODIES = st.one_of(
 
 TOKEN_CHARS = string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~"
 # Anything a client could put in a header value: visible ASCII, spaces, tabs, and bytes above 0x7f.
-VALUE_BYTES = st.binary(max_size=300).map(lambda raw: bytes(b for b in raw if b >= 0x20 and b != 0x7f or b == 9))
+VALUE_BYTES = st.binary(max_size=300).map(
+    lambda raw: bytes(b for b in raw if (b >= 0x20 and b != 0x7f) or b == 9).strip(b" \t")  # h11 sends no edges
+)
 HEADER_NAMES = st.one_of(
     st.sampled_from(["authorization", "x-api-key", "content-type", "x-portal-tags", "x-mlflow-experiment",
                      "anthropic-version", "anthropic-beta", "openai-organization", "x-request-id", "accept",
@@ -246,7 +248,8 @@ def test_random_keys_are_refused_with_a_401(fuzz_portal, master_key):
                          st.from_regex(r"sk-[a-z0-9]{8}\.[A-Za-z0-9_-]{20,60}", fullmatch=True)),
            header=st.sampled_from(["Authorization", "x-api-key"]))
     def run(key: str, header: str) -> None:
-        value = f"Bearer {key}" if header == "Authorization" else key
+        # A header value cannot start or end with whitespace (the client refuses to send it).
+        value = (f"Bearer {key}" if header == "Authorization" else key).strip()
         response = send(fuzz_portal, "/v1/chat/completions", orjson.dumps(VALID["/v1/chat/completions"]),
                         {header: value, "Content-Type": "application/json"})
         check(response, master_key)

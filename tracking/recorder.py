@@ -17,6 +17,7 @@ import atexit
 import datetime as dt
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -50,6 +51,8 @@ class Recorder:
         self.rules: list[BodyLoggingRule] = []
         self.rules_loaded = -RULES_REFRESH_SECONDS
         self.dropped = 0
+        # Set by shutdown(): no time left to import LiteLLM (seconds) just to count tokens, see _count.
+        self.closing = False
 
     # --- request path -----------------------------------------------------------------------------------
 
@@ -116,6 +119,7 @@ class Recorder:
         """Write what is buffered before the process exits (lifespan shutdown, then atexit)."""
         if not self.pending:
             return
+        self.closing = True
         try:
             count = self.flush()
             log.info("wrote %s buffered usage records at shutdown", count)
@@ -224,6 +228,10 @@ def count_missing_tokens(record: UsageRecord, call: Call) -> None:
 
 def _count(model: str, **kwargs: Any) -> int:
     try:
+        if recorder.closing and "litellm" not in sys.modules:
+            # Shutting down (gunicorn SIGKILLs at its graceful timeout): importing LiteLLM only to count the
+            # tokens of a cut stream could cost the whole buffer; estimate instead.
+            raise LookupError("no time to load a tokenizer")
         import litellm
 
         return int(litellm.token_counter(model=model, **kwargs))
