@@ -23,7 +23,7 @@ MLFLOW_PORT ?= 5001
 
 run: install
 	$(PY) manage.py prepare
-	@trap 'kill $$(jobs -p) 2>/dev/null' EXIT; \
+	@trap 'kill $$(jobs -p) 2>/dev/null' EXIT; trap 'exit 143' INT TERM; \
 	data="$${PORTAL_DATA_DIR:-$(CURDIR)/data}"; \
 	if [ -z "$$MLFLOW_TRACKING_URI" ] && $(PY) -c "import flask, mlflow.server" 2>/dev/null; then \
 		echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)"; \
@@ -33,7 +33,7 @@ run: install
 	fi; \
 	$(VENV)/bin/celery -A portal worker -B --concurrency 1 --loglevel WARNING \
 		--schedule "$$data/celerybeat-schedule" & \
-	$(VENV)/bin/gunicorn portal.asgi:application -c deploy/gunicorn.conf.py
+	$(VENV)/bin/gunicorn portal.asgi:application -c deploy/gunicorn.conf.py & wait $$!
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

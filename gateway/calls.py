@@ -10,7 +10,7 @@ from typing import Any
 
 from django.http import HttpRequest
 
-from gateway import quota
+from gateway import quota, redact
 from gateway.auth import Principal
 from gateway.catalog import Route
 from gateway.quota import Admission
@@ -111,6 +111,10 @@ def finish(call: Call) -> None:
     """The call is over (answered, failed, or the client left): settle its quota and hand its record off."""
     if call.ended is None:
         call.ended = time.monotonic()
+    if call.route is None and call.model:
+        # Refused before any deployment was chosen: the "model" may be anything a client pasted there, a key
+        # included. It goes into the usage record and the log line below, so it is scrubbed first.
+        call.model = redact.redact(call.model)
     if call.admissions:
         _spawn(_settle(call))
     # A deque append: the record is written in batches by tracking's background writer.

@@ -100,6 +100,11 @@ class RecordTap:
         with self.lock:
             return list(self.lines)
 
+    def drop(self, marker: str) -> None:
+        """Forget the records containing `marker` (a test that leaks on purpose, to prove the guard works)."""
+        with self.lock:
+            self.lines = [line for line in self.lines if marker not in line]
+
     def leaking(self) -> list[tuple[list[str], str]]:
         secrets = configured_secrets()
         return [(hits, line) for line in self.snapshot() if (hits := leaks(line, secrets))]
