@@ -43,6 +43,7 @@ class Call:
     tags: dict[str, Any] = field(default_factory=dict)
     request_body: dict[str, Any] | None = None
     response_body: Any = None
+    finished: bool = False
     # Quota admissions, one per deployment tried; the last one is the deployment that answered.
     admissions: list[Admission] = field(default_factory=list)
     # Content streamed so far: the usage record counts it when the upstream's usage never came (client left).
@@ -50,12 +51,15 @@ class Call:
 
     @classmethod
     def begin(cls, request: HttpRequest, endpoint: str) -> Call:
-        return cls(
+        call = cls(
             request_id=request.request_id,  # type: ignore[attr-defined]
             endpoint=endpoint,
             client_ip=client_ip(request),
             tags=usage_tags.from_headers(request.headers),
         )
+        # The view wrapper finishes a call its view left unfinished (an unexpected error, a cancellation).
+        request.call = call  # type: ignore[attr-defined]
+        return call
 
     def take_usage(self, usage: dict[str, Any] | None) -> None:
         if usage:
@@ -99,6 +103,16 @@ class Call:
         return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
 
 
+def finish_unfinished(request: HttpRequest, status: int, code: str, message: str = "") -> None:
+    """Record a call whose view ended without finishing it (so every /v1 request has its record)."""
+    call = getattr(request, "call", None)
+    if call is None or call.finished:
+        return  # no call (e.g. a 405), or already recorded
+    call.status, call.error_code, call.error_message = status, code, message
+    call.client_disconnected = code == "client_disconnected"
+    finish(call)
+
+
 def client_ip(request: HttpRequest) -> str:
     # REMOTE_ADDR is the peer; deployments behind Nginx set the real IP there (see deploy/).
     return str(request.META.get("REMOTE_ADDR") or "")
@@ -108,7 +122,13 @@ _background: set[asyncio.Task[None]] = set()
 
 
 def finish(call: Call) -> None:
-    """The call is over (answered, failed, or the client left): settle its quota and hand its record off."""
+    """The call is over (answered, failed, or the client left): settle its quota and hand its record off.
+
+    Exactly once per call: a second finish (the view wrapper's safety net) does nothing.
+    """
+    if call.finished:
+        return
+    call.finished = True
     if call.ended is None:
         call.ended = time.monotonic()
     if call.route is None and call.model:

@@ -20,7 +20,7 @@ from django.http.response import HttpResponseBase
 
 from gateway import catalog, db, health, media, quota, redact, router
 from gateway.auth import Principal, authenticate
-from gateway.calls import Call, finish
+from gateway.calls import Call, finish, finish_unfinished
 from gateway.catalog import Route
 from gateway.errors import GatewayError, not_found
 from gateway.upstream import UpstreamError, default_upstream, too_large
@@ -54,12 +54,19 @@ def gateway_view(*methods: str) -> Callable[[View], Any]:
                 response = await view(request, *args, **kwargs)
             except GatewayError as e:
                 response = e.response()
+                finish_unfinished(request, e.status, e.code or "error", e.message)
             except health.UNREACHABLE_ERRORS as e:
                 log.error("%s on %s: a backing service is unreachable", type(e).__name__, request.path)
-                response = health.unreachable(e).response()
+                error = health.unreachable(e)
+                response = error.response()
+                finish_unfinished(request, error.status, error.code or "unavailable", error.message)
+            except asyncio.CancelledError:
+                finish_unfinished(request, 499, "client_disconnected")
+                raise
             except Exception:
                 log.error("unhandled error on %s", request.path, exc_info=True)
                 response = GatewayError(500, "Internal error in the portal.", code="internal_error").response()
+                finish_unfinished(request, 500, "internal_error")
             response["x-request-id"] = request_id
             return response
 

@@ -19,6 +19,11 @@ from django.utils.functional import cached_property
 
 
 class RedisCache(DjangoRedisCache):
+    # Set by Django's __init__ (not in its type stubs).
+    _servers: list[str]
+    _options: dict[str, Any]
+    _class: type[RedisCacheClient]
+
     _clients: ClassVar[dict[tuple[Any, ...], RedisCacheClient]] = {}
     _lock: ClassVar[threading.Lock] = threading.Lock()
 

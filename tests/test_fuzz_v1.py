@@ -21,10 +21,10 @@ from tests.conftest import make_deployment, make_provider
 from tests.secret_guard import PROVIDER_TEST_SECRET
 
 ENDPOINTS = ("/v1/chat/completions", "/v1/embeddings", "/v1/messages", "/v1/responses")
-FUZZ = settings(max_examples=100, deadline=None, database=None, derandomize=False,
+FUZZ = settings(max_examples=75, deadline=None, database=None, derandomize=False,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large])
-FEW = settings(FUZZ, max_examples=40)
+FEW = settings(FUZZ, max_examples=30)
 
 # A body each endpoint accepts; the fuzzers break one part of it at a time, to get past the first check.
 VALID = {

@@ -230,3 +230,23 @@ def test_200_concurrent_requests_make_exactly_200_records(portal: Any, master_ke
     assert {r.request_id for r in records} == set(request_ids)
     assert sum(r.streamed for r in records) == 100
     assert all(r.ok and r.total_tokens for r in records)
+
+
+def test_a_request_that_fails_unexpectedly_is_still_recorded(portal, master_key, upstream, deployment, settings):
+    """A bug in the portal must not lose the record: the view wrapper records what the view left unfinished."""
+    import httpx
+
+    from tracking import recorder
+    from tracking.models import UsageRecord
+
+    # A non-numeric quota setting makes the token estimate raise a TypeError inside the view: an unexpected error.
+    settings.QUOTA_DEFAULT_COMPLETION_TOKENS = "many"
+    response = httpx.post(f"{portal.url}/v1/chat/completions",
+                          json={"model": "test-model", "messages": [{"role": "user", "content": "hi"}]},
+                          headers={"Authorization": f"Bearer {master_key}"})
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    recorder.flush()
+    record = UsageRecord.objects.get(request_id=response.headers["x-request-id"])
+    assert record.status == 500
+    assert record.error_code == "internal_error"
