@@ -15,6 +15,7 @@ from django.utils.html import format_html
 
 from accounts.forms import ApiKeyAdminForm, KeyPolicyForm
 from accounts.models import ApiKey, ApiKeyModelLimit, KeyPolicy
+from gateway import quota
 
 User = get_user_model()
 
@@ -49,7 +50,7 @@ STATUS_COLOURS = {"active": "#1a7f37", "revoked": "#b42318", "expired": "#8a6d00
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     form = ApiKeyAdminForm
-    list_display = ["name", "owner", "key_prefix", "status_badge", "created", "expires", "last_used", "models"]
+    list_display = ["name", "owner", "key_prefix", "status_badge", "usage_today", "expires", "last_used", "models"]
     list_filter = [StatusFilter, "created", "expires", "last_used"]
     list_select_related = ["owner"]
     search_fields = ["name", "prefix", "owner__username", "owner__email"]
@@ -76,6 +77,11 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
         # A key stays with the user it was issued to.
         return [*self.readonly_fields, "owner"] if obj is not None else self.readonly_fields
+
+    @admin.display(description="used now / today")
+    def usage_today(self, obj: ApiKey) -> str:
+        """The key's own limits against its live counters (per-model limits are on the key's page)."""
+        return quota.summary(quota.key_wide_limits(obj.pk, obj))
 
     @admin.display(description="key", ordering="prefix")
     def key_prefix(self, obj: ApiKey) -> str:

@@ -179,14 +179,7 @@ class DeploymentAdmin(admin.ModelAdmin[Deployment]):
 
 
 def quota_summary(limits: Any) -> str:
-    """"3/10 RPM · 41/50 RPD (resets 07:00 UTC)" — used against each limit, from the live counters."""
-    parts = []
-    for state in quota.usage_of(list(limits)):
-        text = f"{state['used']}/{state['limit']} {state['limit_name'].upper()}"
-        if state["period"] != "minute" and state["resets_at"]:
-            text += f" (resets {state['resets_at'][11:16]} UTC)"
-        parts.append(text)
-    return " · ".join(parts) or "—"
+    return quota.summary(list(limits))
 
 
 @admin.register(QuotaPool)

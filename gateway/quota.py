@@ -660,6 +660,22 @@ def _limits_of(limits: Any, scope: str, scope_id: str, label: str, tz: str) -> l
     return [Limit(scope, scope_id, label, name, value, tz) for name, value in pairs if value is not None]
 
 
+def summary(limits: list[Limit]) -> str:
+    """"3/10 RPM · 41/50 RPD (resets 07:00 UTC)": used against each limit, from the live counters (admin lists)."""
+    parts = []
+    for state in usage_of(limits):
+        text = f"{state['used']}/{state['limit']} {state['limit_name'].upper().replace('TOKENS_PER_MONTH', 'TPMo')}"
+        if state["period"] != "minute" and state["resets_at"]:
+            text += f" (resets {state['resets_at'][5:16].replace('T', ' ')} UTC)"
+        parts.append(text)
+    return " · ".join(parts) or "—"
+
+
+def key_wide_limits(key_id: int, limits: Any) -> list[Limit]:
+    """A key's own limits across all models (for the admin's key list)."""
+    return _limits_of(limits, "key", str(key_id), "your API key", settings.KEY_QUOTA_TIMEZONE)
+
+
 def key_status(principal: Any, models: list[str] | None = None) -> list[dict[str, Any]]:
     """Per model the key may use: its remaining requests/tokens and when they reset (sync; for pages)."""
     from gateway import catalog

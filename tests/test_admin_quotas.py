@@ -40,3 +40,16 @@ def test_the_pool_list_shows_its_usage(operator_client, db):
     response = operator_client.get("/admin/gateway/quotapool/")
     assert response.status_code == 200
     assert "0/200 RPD" in response.content.decode()
+
+
+def test_the_key_list_shows_each_keys_usage_against_its_limits(operator_client, upstream, db):
+    from asgiref.sync import async_to_sync
+
+    from accounts.models import ApiKey
+    from gateway.auth import KeyLimits
+
+    key, _ = ApiKey.objects.issue(User.objects.get(username="operator"), "ci", limits=KeyLimits(rpm=5, rpd=100))
+    async_to_sync(quota.try_admit)(quota.key_wide_limits(key.pk, key), None, 10)
+    page = operator_client.get("/admin/accounts/apikey/").content.decode()
+    assert "1/5 RPM" in page
+    assert "1/100 RPD" in page
