@@ -245,8 +245,13 @@ class RedisStore:
         loop_id = id(asyncio.get_running_loop())
         entry = self._clients.get(loop_id)
         if entry is None:
-            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=5,
-                                             health_check_interval=30)
+            # A blocking pool: a burst beyond the pool waits a moment for a connection instead of failing
+            # (redis-py's default pool raises MaxConnectionsError past 100 at once).
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url, max_connections=settings.REDIS_MAX_CONNECTIONS, timeout=5,
+                socket_connect_timeout=5, socket_timeout=5, health_check_interval=30,
+            )
+            client = aioredis.Redis(connection_pool=pool)
             entry = (client, client.register_script(ACQUIRE_LUA), client.register_script(ADJUST_LUA))
             self._clients[loop_id] = entry
         return entry

@@ -123,6 +123,27 @@ def _check_messages(messages: list[Any]) -> None:
                 param=f"{where}.content",
                 code="invalid_type",
             )
+        if isinstance(content, list):
+            _check_parts(content, f"{where}.content", user=role == "user")
+
+
+# The content part types a user message may hold (OpenAI's, and those LiteLLM knows; it refuses others).
+USER_PART_TYPES = frozenset({"text", "image_url", "input_audio", "audio_url", "document", "guarded_text",
+                             "grounding_source", "query", "video_url", "file"})
+
+
+def _check_parts(parts: list[Any], where: str, *, user: bool) -> None:
+    """Each part an object with a known "type" (and a string "text" for text parts): a malformed part must be
+    a 400 here, not an exception inside LiteLLM that would look like the provider failing."""
+    for j, part in enumerate(parts):
+        at = f"{where}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if not isinstance(kind, str) or (user and kind not in USER_PART_TYPES):
+            raise bad_request(f"Invalid '{at}': each part must be an object with a 'type' "
+                              f"({', '.join(sorted(USER_PART_TYPES)) if user else 'e.g. text'}).",
+                              param=f"{at}.type", code="invalid_value")
+        if kind == "text" and not isinstance(part.get("text"), str):
+            raise bad_request(f"Invalid '{at}.text': expected a string.", param=f"{at}.text", code="invalid_type")
 
 
 def parse_chat(body: dict[str, Any]) -> ChatRequest:

@@ -1,4 +1,4 @@
-"""Security headers on every page of the Django side (the admin, the key pages, the management API).
+"""Security headers, and no NUL characters, on every page of the Django side (admin, key pages, management API).
 
 Django's own SecurityMiddleware and XFrameOptionsMiddleware add X-Content-Type-Options, Referrer-Policy,
 Cross-Origin-Opener-Policy and X-Frame-Options (see the SECURE_* settings); this adds what Django lacks: a
@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponseBadRequest, HttpResponseBase, JsonResponse
 
 # The admin loads its scripts from /static/ only; an inline script needs this response's nonce
 # (`nonce="{{ request.csp_nonce }}"`). Styles allow inline: Django's admin has a <style> block in its change
@@ -40,3 +40,37 @@ class SecurityHeadersMiddleware:
             response["Content-Security-Policy"] = CONTENT_SECURITY_POLICY.format(nonce=nonce)
         response.headers.setdefault("Permissions-Policy", PERMISSIONS_POLICY)
         return response
+
+
+class RefuseNulMiddleware:
+    """400 for a request with a NUL character in its path, query or body.
+
+    PostgreSQL refuses NUL in text, so one in a form field, a lookup or a filter (`?owner=%00`) would reach
+    the database and come back as a 500. Nothing legitimate contains one. The /v1 paths never come here; the
+    usage recorder strips NUL from what it stores instead.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        if has_nul(request):
+            message = "NUL characters are not allowed in a request."
+            if request.path.startswith("/api/"):
+                return JsonResponse({"detail": message}, status=400)
+            return HttpResponseBadRequest(message)
+        return self.get_response(request)
+
+
+def has_nul(request: HttpRequest) -> bool:
+    query = request.META.get("QUERY_STRING", "")
+    if "\x00" in request.path or "%00" in query or "\x00" in query:
+        return True
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return False
+    body = request.body  # read once; Django keeps it for request.POST and DRF
+    if b"\x00" in body:
+        return True
+    if request.content_type == "application/x-www-form-urlencoded":
+        return b"%00" in body
+    return b"\\u0000" in body  # JSON's escape for it

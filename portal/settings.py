@@ -169,6 +169,8 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     # Content-Security-Policy and Permissions-Policy on the admin and the other pages.
     "portal.middleware.SecurityHeadersMiddleware",
+    # A NUL character in any input is a 400 here, not a PostgreSQL error (a 500) later.
+    "portal.middleware.RefuseNulMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -290,6 +292,8 @@ QUOTA_DEFAULT_COOLDOWN_SECONDS = envfloat("QUOTA_DEFAULT_COOLDOWN_SECONDS", "60"
 QUOTA_MAX_BACKOFF_SECONDS = envfloat("QUOTA_MAX_BACKOFF_SECONDS", "60")
 # A request waiting for a slot re-checks at least this often (seconds).
 QUOTA_WAIT_POLL_SECONDS = envfloat("QUOTA_WAIT_POLL_SECONDS", "0.25")
+# Connections each worker keeps to Redis for quota checks (a burst beyond it waits briefly for one).
+REDIS_MAX_CONNECTIONS = envint("REDIS_MAX_CONNECTIONS", "64")
 # Daily and monthly limits of API keys reset at midnight in this time zone.
 KEY_QUOTA_TIMEZONE = envstr("KEY_QUOTA_TIMEZONE", "UTC")
 

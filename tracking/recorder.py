@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from django.conf import settings
-from django.db import connections
+from django.db import DataError, connections
 
 from tracking import tags as usage_tags
 
@@ -138,7 +138,16 @@ class Recorder:
                 # One malformed call must not block every record behind it.
                 log.exception("could not build the usage record of %s; skipped", call.request_id)
         # ignore_conflicts: a batch retried after an ambiguous failure must not fail on its own rows.
-        UsageRecord.objects.bulk_create(rows, ignore_conflicts=True)
+        try:
+            UsageRecord.objects.bulk_create(rows, ignore_conflicts=True)
+        except DataError:
+            # A row the database refuses (not the database being away): put back and retried, it would hold
+            # every record behind it forever. Write the batch row by row and drop only what is refused.
+            for row in rows:
+                try:
+                    UsageRecord.objects.bulk_create([row], ignore_conflicts=True)
+                except DataError:
+                    log.exception("the database refused the usage record of %s; dropped", row.request_id)
 
     def _body_rules(self) -> list[BodyLoggingRule]:
         from tracking.models import BodyLoggingRule
@@ -196,6 +205,21 @@ def build_record(call: Call, rules: list[BodyLoggingRule]) -> UsageRecord:
     record.total_tokens = _total(record.prompt_tokens, record.completion_tokens)
     if any(rule.matches(record.model, record.key_id) for rule in rules):
         keep_bodies(record, call)
+    return without_nul(record)
+
+
+_NUL_FREE_FIELDS = ("model", "key_name", "username", "provider", "upstream_model", "error_code", "error_message",
+                    "client_ip", "request_body", "response_body")
+
+
+def without_nul(record: UsageRecord) -> UsageRecord:
+    """PostgreSQL refuses NUL characters in text and JSON; clients can put them in a model name or a tag."""
+    for name in _NUL_FREE_FIELDS:
+        value = getattr(record, name)
+        if isinstance(value, str) and "\x00" in value:
+            setattr(record, name, value.replace("\x00", ""))
+    if any("\x00" in f"{k}{v}" for k, v in record.tags.items()):
+        record.tags = {str(k).replace("\x00", ""): str(v).replace("\x00", "") for k, v in record.tags.items()}
     return record
 
 
