@@ -127,6 +127,23 @@ def _check_messages(messages: list[Any]) -> None:
             _check_parts(content, f"{where}.content", user=role == "user")
 
 
+RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+
+
+def _check_tools(tools: list[Any]) -> None:
+    """OpenAI's shape, {"type": "function", "function": {"name": ...}}: LiteLLM fails on others in ways that
+    look like the provider failing."""
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+            raise bad_request(f"Invalid '{where}': expected an object with a 'type'.", param=f"{where}.type",
+                              code="invalid_value")
+        function = tool.get("function")
+        if tool["type"] == "function" and not (isinstance(function, dict) and isinstance(function.get("name"), str)):
+            raise bad_request(f"Invalid '{where}.function': expected an object with a 'name'.",
+                              param=f"{where}.function.name", code="invalid_value")
+
+
 # The content part types a user message may hold (OpenAI's, and those LiteLLM knows; it refuses others).
 USER_PART_TYPES = frozenset({"text", "image_url", "input_audio", "audio_url", "document", "guarded_text",
                              "grounding_source", "query", "video_url", "file"})
@@ -167,7 +184,12 @@ def parse_chat(body: dict[str, Any]) -> ChatRequest:
     _check_range(body, "temperature", 0, 2)
     _check_range(body, "top_p", 0, 1)
     expect(body, "stop", (str, list), "a string or an array")
-    expect(body, "tools", (list,), "an array")
+    _check_tools(expect(body, "tools", (list,), "an array") or [])
+    expect(body, "tool_choice", (str, dict), "a string or an object")
+    response_format = expect(body, "response_format", (dict,), "an object")
+    if response_format is not None and response_format.get("type") not in RESPONSE_FORMATS:
+        raise bad_request(f"Invalid 'response_format.type': use one of {', '.join(RESPONSE_FORMATS)}.",
+                          param="response_format.type", code="invalid_value")
     expect(body, "user", (str,), "a string")
     expect(body, "metadata", (dict,), "an object")
     images = tuple(parse_image(value, where) for where, value in iter_images(body["messages"]))
