@@ -140,7 +140,7 @@ class Store(Protocol):
 # --- Redis store -----------------------------------------------------------------------------------------
 
 # KEYS: cooldown key (or a dummy), then one key per check.
-# ARGV: now_ms, then per check: kind ("s" sliding / "f" fixed), limit, cost, window_ms|reset_ms.
+# ARGV: now_ms, then "kind,limit,cost,window;..." per check: kind "s" sliding / "f" fixed, window_ms|reset_ms.
 # Returns {1, used..., resets...} when admitted, {0, index, used, retry_ms} when refused by check `index`,
 # {0, 0, 0, ms_left} when the deployment is parked, {-1, index} when a fixed counter is missing.
 ACQUIRE_LUA = """
@@ -169,11 +169,16 @@ local function window(key, w)
   table.sort(live, function(x, y) return x[1] < y[1] end)
   return used, live
 end
+-- The checks come packed in one argument ("kind,limit,cost,window;..."): encoding a command's arguments is
+-- most of the client's cost per call, and this keeps them at two whatever the number of limits.
+local specs = {}
+for kind, limit, cost, w in string.gmatch(ARGV[2], '(%a),(%d+),(%d+),(%d+)') do
+  specs[#specs + 1] = {kind, tonumber(limit), tonumber(cost), tonumber(w)}
+end
 local used = {}
 local resets = {}
 for i = 1, n do
-  local b = 1 + (i - 1) * 4
-  local kind, limit, cost, w = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local kind, limit, cost, w = specs[i][1], specs[i][2], specs[i][3], specs[i][4]
   local key = KEYS[i + 1]
   local u = 0
   if kind == 's' then
@@ -200,8 +205,7 @@ for i = 1, n do
 end
 local bucket = tostring(math.floor(now / 1000))
 for i = 1, n do
-  local b = 1 + (i - 1) * 4
-  local kind, cost, w = ARGV[b + 1], tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local kind, cost, w = specs[i][1], specs[i][3], specs[i][4]
   local key = KEYS[i + 1]
   if kind == 's' then
     redis.call('HINCRBY', key, bucket, cost)
@@ -216,12 +220,13 @@ for i = 1, n do out[#out + 1] = resets[i] end
 return out
 """
 
-# KEYS: one per check. ARGV: the admission's bucket (second), then per check: kind, delta.
+# KEYS: one per check. ARGV: the admission's bucket (second), then "kind,delta;..." packed in one argument.
 ADJUST_LUA = """
 local bucket = ARGV[1]
+local specs = {}
+for kind, delta in string.gmatch(ARGV[2], '(%a),(-?%d+)') do specs[#specs + 1] = {kind, tonumber(delta)} end
 for i = 1, #KEYS do
-  local b = 1 + (i - 1) * 2
-  local kind, delta = ARGV[b + 1], tonumber(ARGV[b + 2])
+  local kind, delta = specs[i][1], specs[i][2]
   if kind == 's' then
     if redis.call('HEXISTS', KEYS[i], bucket) == 1 then redis.call('HINCRBY', KEYS[i], bucket, delta) end
   elseif redis.call('EXISTS', KEYS[i]) == 1 then
@@ -265,9 +270,8 @@ class RedisStore:
 
     async def acquire(self, checks: list[Check], now_ms: int, cooldown_key: str | None) -> Outcome:
         _, acquire, _ = self._client()
-        args: list[Any] = [now_ms]
-        for c in checks:
-            args += ["s" if c.limit.sliding else "f", c.limit.value, c.cost, c.window_ms]
+        packed = ";".join(f"{'s' if c.limit.sliding else 'f'},{c.limit.value},{c.cost},{c.window_ms}" for c in checks)
+        args = [now_ms, packed]
         reply = await acquire(keys=[cooldown_key or "", *[c.key for c in checks]], args=args)
         return _outcome(checks, [int(x) for x in reply])
 
@@ -277,10 +281,8 @@ class RedisStore:
 
     async def adjust(self, checks: list[Check], bucket: int, deltas: list[int]) -> None:
         _, _, adjust = self._client()
-        args: list[Any] = [bucket]
-        for c, d in zip(checks, deltas, strict=True):
-            args += ["s" if c.limit.sliding else "f", d]
-        await adjust(keys=[c.key for c in checks], args=args)
+        packed = ";".join(f"{'s' if c.limit.sliding else 'f'},{d}" for c, d in zip(checks, deltas, strict=True))
+        await adjust(keys=[c.key for c in checks], args=[bucket, packed])
 
     async def park(self, key: str, until_ms: int, now_ms: int) -> None:
         client, _, _ = self._client()
