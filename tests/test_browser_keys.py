@@ -64,7 +64,10 @@ def test_alice_creates_uses_and_revokes_a_key_in_the_browser(portal, models, per
     token = page.inner_text("#new-key").strip()
     assert token.startswith("sk-")
     page.click("#copy-key")
-    page.wait_for_function("document.getElementById('copy-state').textContent !== ''")
+    # Playwright's own waiting (not wait_for_function, which needs eval and the page's CSP forbids it).
+    from playwright.sync_api import expect
+
+    expect(page.locator("#copy-state")).not_to_have_text("", timeout=10_000)
     page.screenshot(path=str(ARTIFACTS / "key-page.png"), full_page=True)
 
     client = openai.OpenAI(base_url=f"{portal.url}/v1", api_key=token, max_retries=0, timeout=30)
