@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -103,7 +102,7 @@ class Call:
         return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
 
 
-def finish_unfinished(request: HttpRequest, status: int, code: str, message: str = "") -> None:
+def finish_unfinished(request: HttpRequest, status: int, code: str | None, message: str = "") -> None:
     """Record a call whose view ended without finishing it (so every /v1 request has its record)."""
     call = getattr(request, "call", None)
     if call is None or call.finished:
@@ -116,9 +115,6 @@ def finish_unfinished(request: HttpRequest, status: int, code: str, message: str
 def client_ip(request: HttpRequest) -> str:
     # REMOTE_ADDR is the peer; deployments behind Nginx set the real IP there (see deploy/).
     return str(request.META.get("REMOTE_ADDR") or "")
-
-
-_background: set[asyncio.Task[None]] = set()
 
 
 def finish(call: Call) -> None:
@@ -136,26 +132,15 @@ def finish(call: Call) -> None:
         # included. It goes into the usage record and the log line below, so it is scrubbed first.
         call.model = redact.redact(call.model)
     if call.admissions:
-        _spawn(_settle(call))
+        _settle(call)
     # A deque append: the record is written in batches by tracking's background writer.
     recorder.record(call)
     log.debug("call %s %s status=%s", call.request_id, call.model, call.status)
 
 
-async def _settle(call: Call) -> None:
+def _settle(call: Call) -> None:
     # Deployments that failed served no tokens: give their estimate back; the one that answered
     # is corrected to its real usage.
     for admission in call.admissions[:-1]:
-        await quota.settle(admission, 0)
-    await quota.settle(call.admissions[-1], call.total_tokens if call.status == 200 else 0)
-
-
-def _spawn(coro: Any) -> None:
-    """Run off the response path; keep a reference so the task is not garbage-collected mid-way."""
-    try:
-        task = asyncio.get_running_loop().create_task(coro)
-    except RuntimeError:
-        coro.close()
-        return
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+        quota.settle(admission, 0)
+    quota.settle(call.admissions[-1], call.total_tokens if call.status == 200 else 0)

@@ -31,7 +31,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
-from gateway import clock, db
+from gateway import clock, db, resp
 from gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,25 @@ class Limit:
         return f"{self.value} {self.unit} per {self.period}"
 
 
+# (tz, period) -> (window start, reset time, first day): every request needs its windows, which change
+# once a day or month.
+_windows: dict[tuple[str, str], tuple[float, float, dt.date]] = {}
+
+
 def window(limit: Limit, now: float) -> tuple[dt.date, float]:
     """The fixed window containing `now`: its first day and the unix time it resets."""
+    held = _windows.get((limit.tz, limit.period))
+    if held is not None and held[0] <= now < held[1]:
+        return held[2], held[1]
+    start, reset_at = _window(limit, now)
+    tz = zoneinfo.ZoneInfo(limit.tz)
+    begins = dt.datetime.combine(start, dt.time(), tz).timestamp()
+    if begins <= now < reset_at:  # a moved test clock may go backwards: only remember a consistent window
+        _windows[(limit.tz, limit.period)] = (begins, reset_at, start)
+    return start, reset_at
+
+
+def _window(limit: Limit, now: float) -> tuple[dt.date, float]:
     tz = zoneinfo.ZoneInfo(limit.tz)
     local = dt.datetime.fromtimestamp(now, tz)
     if limit.period == "day":
@@ -123,12 +140,26 @@ class Outcome:
     missing: int | None = None  # index of a fixed counter the store has no value for (seed and retry)
 
 
+@dataclass(frozen=True)
+class Correction:
+    """Tokens to give back (negative) or add to one counter, once a call's real usage is known."""
+
+    key: str
+    sliding: bool
+    bucket: int  # the second the request was counted in (per-minute windows only)
+    delta: int
+
+
 class Store(Protocol):
     async def acquire(self, checks: list[Check], now_ms: int, cooldown_key: str | None) -> Outcome: ...
 
     async def seed(self, key: str, value: int, expire_at_ms: int) -> None: ...
 
-    async def adjust(self, checks: list[Check], bucket: int, deltas: list[int]) -> None: ...
+    def correct(self, corrections: list[Correction]) -> None: ...
+
+    async def flush(self) -> None: ...
+
+    async def aclose(self) -> None: ...
 
     async def park(self, key: str, until_ms: int, now_ms: int) -> None: ...
 
@@ -220,46 +251,46 @@ for i = 1, n do out[#out + 1] = resets[i] end
 return out
 """
 
-# KEYS: one per check. ARGV: the admission's bucket (second), then "kind,delta;..." packed in one argument.
+# KEYS: one per correction (a key may repeat). ARGV: "kind,bucket,delta;..." packed in one argument.
+# A per-minute window is corrected in the second it was counted in, if that second still counts.
 ADJUST_LUA = """
-local bucket = ARGV[1]
-local specs = {}
-for kind, delta in string.gmatch(ARGV[2], '(%a),(-?%d+)') do specs[#specs + 1] = {kind, tonumber(delta)} end
-for i = 1, #KEYS do
-  local kind, delta = specs[i][1], specs[i][2]
+local i = 0
+for kind, bucket, delta in string.gmatch(ARGV[1], '(%a),(%d+),(-?%d+)') do
+  i = i + 1
+  local key = KEYS[i]
   if kind == 's' then
-    if redis.call('HEXISTS', KEYS[i], bucket) == 1 then redis.call('HINCRBY', KEYS[i], bucket, delta) end
-  elseif redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('INCRBY', KEYS[i], delta)
+    if redis.call('HEXISTS', key, bucket) == 1 then redis.call('HINCRBY', key, bucket, delta) end
+  elseif redis.call('EXISTS', key) == 1 then
+    redis.call('INCRBY', key, delta)
   end
 end
-return 1
+return i
 """
+
+
+class _LoopState:
+    """What RedisStore keeps per event loop: its connection, and token corrections waiting to be sent."""
+
+    def __init__(self, url: str) -> None:
+        self.client = resp.Client(url, connect_timeout=5, timeout=5)
+        self.pending: dict[tuple[str, bool, int], int] = {}
+        self.flush_scheduled = False
+        self.flushing: asyncio.Task[None] | None = None
 
 
 class RedisStore:
     def __init__(self, url: str) -> None:
         self.url = url
-        self._clients: dict[int, Any] = {}
+        self._loops: dict[int, _LoopState] = {}
         self._sync: Any = None
 
-    def _client(self) -> tuple[Any, Any, Any]:
-        # redis.asyncio connections belong to the loop that made them: one client per loop.
-        import redis.asyncio as aioredis
-
+    def _state(self) -> _LoopState:
+        # A connection belongs to the loop that made it: one per loop (each worker has one; tests have several).
         loop_id = id(asyncio.get_running_loop())
-        entry = self._clients.get(loop_id)
-        if entry is None:
-            # A blocking pool: a burst beyond the pool waits a moment for a connection instead of failing
-            # (redis-py's default pool raises MaxConnectionsError past 100 at once).
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self.url, max_connections=settings.REDIS_MAX_CONNECTIONS, timeout=5,
-                socket_connect_timeout=5, socket_timeout=5, health_check_interval=30,
-            )
-            client = aioredis.Redis(connection_pool=pool)
-            entry = (client, client.register_script(ACQUIRE_LUA), client.register_script(ADJUST_LUA))
-            self._clients[loop_id] = entry
-        return entry
+        state = self._loops.get(loop_id)
+        if state is None:
+            state = self._loops[loop_id] = _LoopState(self.url)
+        return state
 
     def _sync_client(self) -> Any:
         import redis
@@ -269,25 +300,71 @@ class RedisStore:
         return self._sync
 
     async def acquire(self, checks: list[Check], now_ms: int, cooldown_key: str | None) -> Outcome:
-        _, acquire, _ = self._client()
         packed = ";".join(f"{'s' if c.limit.sliding else 'f'},{c.limit.value},{c.cost},{c.window_ms}" for c in checks)
-        args = [now_ms, packed]
-        reply = await acquire(keys=[cooldown_key or "", *[c.key for c in checks]], args=args)
-        return _outcome(checks, [int(x) for x in reply])
+        keys = [cooldown_key or "", *[c.key for c in checks]]
+        reply = await self._state().client.run(ACQUIRE_SCRIPT, keys, [now_ms, packed])
+        return _outcome(checks, reply)
 
     async def seed(self, key: str, value: int, expire_at_ms: int) -> None:
-        client, _, _ = self._client()
-        await client.set(key, value, nx=True, pxat=expire_at_ms + FIXED_GRACE_MS)
+        await self._state().client.call("SET", key, value, "NX", "PXAT", expire_at_ms + FIXED_GRACE_MS)
 
-    async def adjust(self, checks: list[Check], bucket: int, deltas: list[int]) -> None:
-        _, _, adjust = self._client()
-        packed = ";".join(f"{'s' if c.limit.sliding else 'f'},{d}" for c, d in zip(checks, deltas, strict=True))
-        await adjust(keys=[c.key for c in checks], args=[bucket, packed])
+    def correct(self, corrections: list[Correction]) -> None:
+        """Queue corrections; they go out together every QUOTA_SETTLE_SECONDS, so a request costs one Redis call
+        (its admission), not two. Until then a counter holds the estimate, which errs on the safe side
+        whenever the estimate was high (it includes the whole max_tokens budget)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a management command): nothing was admitted through this process's loop
+        state = self._state()
+        for c in corrections:
+            slot = (c.key, c.sliding, c.bucket if c.sliding else 0)
+            state.pending[slot] = state.pending.get(slot, 0) + c.delta
+        if not state.flush_scheduled:
+            state.flush_scheduled = True
+            loop.call_later(settings.QUOTA_SETTLE_SECONDS, self._start_flush, state)
+
+    def _start_flush(self, state: _LoopState) -> None:
+        state.flush_scheduled = False
+        if state.pending and (state.flushing is None or state.flushing.done()):
+            state.flushing = asyncio.get_running_loop().create_task(self._flush(state))
+
+    async def _flush(self, state: _LoopState) -> None:
+        batch, state.pending = state.pending, {}
+        # A per-minute bucket that no longer counts needs no correction.
+        oldest = clock_ms() // 1000 - MINUTE_MS // 1000 - 1
+        entries = [(key, sliding, bucket, delta) for (key, sliding, bucket), delta in batch.items()
+                   if delta and (not sliding or bucket >= oldest)]
+        if not entries:
+            return
+        packed = ";".join(f"{'s' if sliding else 'f'},{bucket},{delta}" for _, sliding, bucket, delta in entries)
+        try:
+            await state.client.run(ADJUST_SCRIPT, [key for key, *_ in entries], [packed])
+        except Exception as e:
+            log.warning("could not send token corrections to the quota store (%s); will retry", type(e).__name__)
+            for key, sliding, bucket, delta in entries:
+                slot = (key, sliding, bucket)
+                state.pending[slot] = state.pending.get(slot, 0) + delta
+            if not state.flush_scheduled:
+                state.flush_scheduled = True
+                asyncio.get_running_loop().call_later(1.0, self._start_flush, state)
+
+    async def flush(self) -> None:
+        """Send queued corrections now (at shutdown)."""
+        state = self._state()
+        if state.flushing is not None:
+            await asyncio.gather(state.flushing, return_exceptions=True)
+        if state.pending:
+            await self._flush(state)
 
     async def park(self, key: str, until_ms: int, now_ms: int) -> None:
-        client, _, _ = self._client()
         # The value is the end of the pause; the TTL only cleans up (with a margin for a moved clock).
-        await client.set(key, until_ms, px=max(until_ms - now_ms, 1) + FIXED_GRACE_MS)
+        await self._state().client.call("SET", key, until_ms, "PX", max(until_ms - now_ms, 1) + FIXED_GRACE_MS)
+
+    async def aclose(self) -> None:
+        state = self._loops.pop(id(asyncio.get_running_loop()), None)
+        if state is not None:
+            await state.client.aclose()
 
     def used_sync(self, checks: list[Check], now_ms: int) -> list[tuple[int, int]]:
         client = self._sync_client()
@@ -301,9 +378,15 @@ class RedisStore:
         return out
 
     def clear(self) -> None:
+        for state in self._loops.values():
+            state.pending.clear()
         client = self._sync_client()
         for key in client.scan_iter("q:*"):
             client.delete(key)
+
+
+ACQUIRE_SCRIPT = resp.Script(ACQUIRE_LUA)
+ADJUST_SCRIPT = resp.Script(ADJUST_LUA)
 
 
 def _outcome(checks: list[Check], reply: list[int]) -> Outcome:
@@ -380,16 +463,22 @@ class MemoryStore:
             if self._fixed(key, clock_ms()) is None:
                 self.fixed[key] = (value, expire_at_ms)
 
-    async def adjust(self, checks: list[Check], bucket: int, deltas: list[int]) -> None:
-        with self.lock:
-            for c, delta in zip(checks, deltas, strict=True):
-                if c.limit.sliding:
+    def correct(self, corrections: list[Correction]) -> None:
+        with self.lock:  # in-process: applied at once
+            for c in corrections:
+                if c.sliding:
                     buckets = self.sliding.get(c.key, {})
-                    if bucket in buckets:
-                        buckets[bucket] = max(buckets[bucket] + delta, 0)
+                    if c.bucket in buckets:
+                        buckets[c.bucket] = max(buckets[c.bucket] + c.delta, 0)
                 elif c.key in self.fixed:
                     value, expires = self.fixed[c.key]
-                    self.fixed[c.key] = (value + delta, expires)
+                    self.fixed[c.key] = (value + c.delta, expires)
+
+    async def flush(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
 
     async def park(self, key: str, until_ms: int, now_ms: int) -> None:
         with self.lock:
@@ -591,15 +680,15 @@ async def try_admit(limits: list[Limit], deployment_id: int | None, tokens: int)
     return Admission(int(now), checks, outcome, tokens)
 
 
-async def settle(admission: Admission, actual_tokens: int | None) -> None:
-    """Correct the token estimate with the real usage once the call is over."""
+def settle(admission: Admission, actual_tokens: int | None) -> None:
+    """Correct the token estimate with the real usage once the call is over (queued, never awaited)."""
     if actual_tokens is None:
         return
     delta = actual_tokens - admission.estimated_tokens
     token_checks = [c for c in admission.checks if c.limit.unit == "tokens"]
     if not delta or not token_checks:
         return
-    await store().adjust(token_checks, admission.bucket, [delta] * len(token_checks))
+    store().correct([Correction(c.key, c.limit.sliding, admission.bucket, delta) for c in token_checks])
     for c in token_checks:
         if c.day is not None:
             ledger.add(c.durable_key, c.day, delta)

@@ -292,8 +292,9 @@ QUOTA_DEFAULT_COOLDOWN_SECONDS = envfloat("QUOTA_DEFAULT_COOLDOWN_SECONDS", "60"
 QUOTA_MAX_BACKOFF_SECONDS = envfloat("QUOTA_MAX_BACKOFF_SECONDS", "60")
 # A request waiting for a slot re-checks at least this often (seconds).
 QUOTA_WAIT_POLL_SECONDS = envfloat("QUOTA_WAIT_POLL_SECONDS", "0.25")
-# Connections each worker keeps to Redis for quota checks (a burst beyond it waits briefly for one).
-REDIS_MAX_CONNECTIONS = envint("REDIS_MAX_CONNECTIONS", "64")
+# With Redis, token corrections (real usage minus the estimate) are sent in one batch this often (seconds),
+# so each request costs one Redis call. Without Redis they apply at once.
+QUOTA_SETTLE_SECONDS = envfloat("QUOTA_SETTLE_SECONDS", "0.05")
 # Daily and monthly limits of API keys reset at midnight in this time zone.
 KEY_QUOTA_TIMEZONE = envstr("KEY_QUOTA_TIMEZONE", "UTC")
 

@@ -55,10 +55,13 @@ class LiveServer:
         import uvicorn
 
         from portal.asgi import application
+        from portal.workers import HttpToolsProtocol
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(application, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        # The production protocol (its writes coalesced), so the whole suite runs through it.
+        config = uvicorn.Config(application, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on",
+                                http=HttpToolsProtocol)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -1,0 +1,187 @@
+"""The quota store's own Redis client (gateway/resp.py): ordered replies, reconnects, timeouts, scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from collections.abc import Iterator
+
+import pytest
+import redis
+import redis.exceptions
+
+from gateway import resp
+from tests.processes import free_port
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+needs_redis = pytest.mark.skipif(not REDIS_URL, reason="needs REDIS_URL (the PostgreSQL + Redis pass sets it)")
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()
+
+
+@needs_redis
+def test_concurrent_calls_each_get_their_own_reply() -> None:
+    async def main() -> list[bytes]:
+        client = resp.Client(REDIS_URL)
+        try:
+            return await asyncio.gather(*(client.call("ECHO", f"call-{i}") for i in range(300)))
+        finally:
+            await client.aclose()
+
+    assert run(main()) == [f"call-{i}".encode() for i in range(300)]
+
+
+@needs_redis
+def test_a_caller_that_gives_up_does_not_shift_the_replies_of_the_others() -> None:
+    async def main() -> tuple[list[bytes], bytes]:
+        client = resp.Client(REDIS_URL)
+        try:
+            await client.call("PING")
+            # The first caller stops waiting while its command is in flight (its client left, say).
+            abandoned = asyncio.ensure_future(client.call("ECHO", "abandoned"))
+            others = [asyncio.ensure_future(client.call("ECHO", f"other-{i}")) for i in range(5)]
+            await asyncio.sleep(0)
+            abandoned.cancel()
+            replies = await asyncio.gather(*others)
+            return replies, await client.call("ECHO", "after")
+        finally:
+            await client.aclose()
+
+    replies, after = run(main())
+    assert replies == [f"other-{i}".encode() for i in range(5)]
+    assert after == b"after"
+
+
+@needs_redis
+def test_a_script_redis_has_forgotten_is_sent_again() -> None:
+    script = resp.Script("return {tonumber(ARGV[1]) + 1, KEYS[1]}")
+
+    async def main() -> tuple[list[object], list[object]]:
+        client = resp.Client(REDIS_URL)
+        try:
+            first = await client.run(script, ["some-key"], [41])
+            await client.call("SCRIPT", "FLUSH")  # what a Redis restart does to the script cache
+            return first, await client.run(script, ["some-key"], [1])
+        finally:
+            await client.aclose()
+
+    assert run(main()) == ([42, b"some-key"], [2, b"some-key"])
+
+
+@needs_redis
+def test_it_reconnects_after_redis_drops_the_connection() -> None:
+    async def main() -> bytes:
+        client = resp.Client(REDIS_URL)
+        try:
+            own_id = await client.call("CLIENT", "ID")
+            killer = redis.Redis.from_url(REDIS_URL)
+            killer.execute_command("CLIENT", "KILL", "ID", own_id)
+            killer.close()
+            await asyncio.sleep(0.2)  # the close reaches the client
+            return await client.call("ECHO", "back")
+        finally:
+            await client.aclose()
+
+    assert run(main()) == b"back"
+
+
+@needs_redis
+def test_the_database_comes_from_the_url() -> None:
+    url = REDIS_URL.rsplit("/", 1)[0] + "/12"
+
+    async def main() -> None:
+        client = resp.Client(url)
+        try:
+            await client.call("SET", "resp-test:db", "twelve", "PX", 10_000)
+        finally:
+            await client.aclose()
+
+    run(main())
+    check = redis.Redis.from_url(url)
+    try:
+        assert check.get("resp-test:db") == b"twelve"
+    finally:
+        check.delete("resp-test:db")
+        check.close()
+
+
+@needs_redis
+def test_an_error_reply_is_raised_in_the_caller_that_sent_the_command() -> None:
+    async def main() -> list[object]:
+        client = resp.Client(REDIS_URL)
+        try:
+            return list(await asyncio.gather(client.call("ECHO", "before"), client.call("INCR"),
+                                              client.call("ECHO", "after"), return_exceptions=True))
+        finally:
+            await client.aclose()
+
+    before, failed, after = run(main())
+    assert (before, after) == (b"before", b"after")
+    assert isinstance(failed, redis.exceptions.ResponseError) and "wrong number of arguments" in str(failed)
+
+
+def test_an_error_reply_is_kept_apart_from_the_values_after_it() -> None:
+    buffer = bytearray(b"-ERR wrong number of arguments\r\n:7\r\n")
+    error, pos = resp.parse(buffer, 0)
+    value, end = resp.parse(buffer, pos)
+    assert isinstance(error, resp._Error) and error.message == "ERR wrong number of arguments"
+    assert (value, end) == (7, len(buffer))
+
+
+def test_a_reply_split_across_reads_waits_for_the_rest() -> None:
+    whole = b"*3\r\n:1\r\n$5\r\nhello\r\n*-1\r\n"
+    for cut in range(1, len(whole)):
+        with pytest.raises(resp._Incomplete):
+            resp.parse(bytearray(whole[:cut]), 0)
+    assert resp.parse(bytearray(whole), 0) == ([1, b"hello", None], len(whole))
+
+
+def test_a_server_that_never_answers_fails_the_call_with_a_timeout(silent_server: int) -> None:
+    async def main() -> None:
+        client = resp.Client(f"redis://127.0.0.1:{silent_server}/0", timeout=0.3)
+        try:
+            await asyncio.wait_for(client.call("PING"), timeout=5)
+        finally:
+            await client.aclose()
+
+    with pytest.raises(redis.exceptions.TimeoutError):
+        run(main())
+
+
+def test_an_unreachable_server_is_a_connection_error() -> None:
+    async def main() -> None:
+        await resp.Client(f"redis://127.0.0.1:{free_port()}/0", connect_timeout=2).call("PING")
+
+    with pytest.raises(redis.exceptions.ConnectionError):
+        run(main())
