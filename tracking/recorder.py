@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from django.conf import settings
-from django.db import DataError, connections
+from django.db import DataError, IntegrityError, connections, transaction
 
 from tracking import tags as usage_tags
 
@@ -137,6 +137,8 @@ class Recorder:
             except Exception:
                 # One malformed call must not block every record behind it.
                 log.exception("could not build the usage record of %s; skipped", call.request_id)
+        if _copy(rows):
+            return
         # ignore_conflicts: a batch retried after an ambiguous failure must not fail on its own rows.
         try:
             UsageRecord.objects.bulk_create(rows, ignore_conflicts=True)
@@ -161,6 +163,31 @@ class Recorder:
     def forget_rules(self) -> None:
         """Re-read the body rules on the next write (after the admin changed them, in this process)."""
         self.rules_loaded = -RULES_REFRESH_SECONDS
+
+
+def _copy(rows: list[UsageRecord]) -> bool:
+    """On PostgreSQL, COPY the batch in: per row a fraction of the CPU of an INSERT, whose values Django and
+    psycopg quote one by one in Python (this runs in each web worker, beside the requests). False when the
+    batch must go the INSERT way: another database, a row already there (a batch retried after an ambiguous
+    failure) or one the database refuses (the INSERT path finds and drops it)."""
+    from tracking.models import UsageRecord
+
+    connection = connections[UsageRecord.objects.db]
+    if connection.vendor != "postgresql" or not rows:
+        return False
+    fields = [f for f in UsageRecord._meta.concrete_fields if not f.primary_key]
+    table = connection.ops.quote_name(UsageRecord._meta.db_table)
+    columns = ", ".join(connection.ops.quote_name(str(f.column)) for f in fields)
+    try:
+        # The raw psycopg cursor (Django has no COPY); its errors are turned into Django's.
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor, \
+                connection.wrap_database_errors:
+            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row([f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields])
+    except (IntegrityError, DataError):
+        return False
+    return True
 
 
 # --- turning a Call into a record ---------------------------------------------------------------------------
