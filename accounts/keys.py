@@ -74,8 +74,13 @@ async def resolve_token(token: str) -> Principal | None:
 
 async def _entry(prefix: str) -> Entry:
     held = _memo.get(prefix)
-    if held is not None and time.monotonic() - held[1] < settings.API_KEY_REFRESH_SECONDS:
-        return held[0]
+    now = time.monotonic()
+    if held is not None:
+        if now - held[1] < settings.API_KEY_REFRESH_SECONDS:
+            return held[0]
+        # This request re-checks the key; the key's other requests meanwhile use the entry held (no herd of
+        # cache reads, each a thread hop). A revocation in this process drops the memo, so it is never late.
+        _memo[prefix] = (held[0], now)
     found = await cache.aget_many([entry_key(prefix), version_key(prefix)])
     version = int(found.get(version_key(prefix)) or 0)
     entry = found.get(entry_key(prefix))

@@ -179,6 +179,10 @@ async def get() -> Snapshot:
     now = time.monotonic()
     if _state.snapshot is not None and now - _state.checked_at < settings.CATALOG_REFRESH_SECONDS:
         return _state.snapshot
+    if _state.snapshot is not None:
+        # One request checks the version; the others arriving meanwhile keep the snapshot they have instead
+        # of each reading the cache (a thread hop apiece) at the same moment.
+        _state.checked_at = now
     try:
         version = await cache.aget(VERSION_KEY)
     except Exception:
