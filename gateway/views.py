@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -54,7 +54,8 @@ def gateway_view(*methods: str) -> Callable[[View], Any]:
                 response = await view(request, *args, **kwargs)
             except GatewayError as e:
                 response = e.response()
-                finish_unfinished(request, e.status, e.code or "error", e.message)
+                # Records the call its view refused or failed (its code as is, None included).
+                finish_unfinished(request, e.status, e.code, e.message)
             except health.UNREACHABLE_ERRORS as e:
                 log.error("%s on %s: a backing service is unreachable", type(e).__name__, request.path)
                 error = health.unreachable(e)
@@ -90,26 +91,21 @@ async def routes_for(principal: Principal, model: str) -> tuple[Route, ...]:
 @gateway_view("POST")
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     call = Call.begin(request, "chat.completions")
-    try:
-        call.principal = await authenticate(request)
-        body = json_body(request)
-        call.take_body(body)
-        chat = parse_chat(body)
-        call.model, call.streamed = chat.model, chat.stream
-        routes = await routes_for(call.principal, chat.model)
-        media.refuse_other_modes(routes, chat.model, "chat completions", CHAT_MODES)
-        routes = media.routes_for_images(routes, chat.images, chat.model)
-        upstream = default_upstream()
-        if chat.stream:
-            first, chunks = await router.open_stream(upstream, routes, body, call)
-            # From here the stream's generator owns the call and finishes it.
-            response = sse_response(sse_events(call, first, chunks, include_usage=chat.include_usage))
-            return with_headers(response, call.rate_headers())
-        result = await router.complete(upstream, routes, body, call)
-    except GatewayError as e:
-        call.status, call.error_code, call.error_message = e.status, e.code, e.message
-        finish(call)
-        raise
+    call.principal = await authenticate(request)
+    body = json_body(request)
+    call.take_body(body)
+    chat = parse_chat(body)
+    call.model, call.streamed = chat.model, chat.stream
+    routes = await routes_for(call.principal, chat.model)
+    media.refuse_other_modes(routes, chat.model, "chat completions", CHAT_MODES)
+    routes = media.routes_for_images(routes, chat.images, chat.model)
+    upstream = default_upstream()
+    if chat.stream:
+        first, chunks = await router.open_stream(upstream, routes, body, call)
+        # From here the stream's generator owns the call and finishes it.
+        response = sse_response(sse_events(call, first, chunks, include_usage=chat.include_usage))
+        return with_headers(response, call.rate_headers())
+    result = await router.complete(upstream, routes, body, call)
     call.status = 200
     call.take_usage(result.get("usage"))
     call.response_body = result
@@ -125,21 +121,16 @@ CHAT_MODES = ("chat", "completion", "responses")
 async def audio_speech(request: HttpRequest) -> HttpResponseBase:
     """OpenAI's text-to-speech: the audio bytes, with their content type."""
     call = Call.begin(request, "audio.speech")
-    try:
-        call.principal = await authenticate(request)
-        body = json_body(request)
-        call.take_body(body)
-        speech = parse_speech(body)
-        call.model = speech.model
-        routes = await routes_for(call.principal, speech.model)
-        media.refuse_other_modes(routes, speech.model, "text-to-speech", ("audio_speech",))
-        routes = media.speech_routes(routes, speech.model, speech.response_format)
-        operation = media.Operation(default_upstream().speech)
-        result = await router.complete(operation, routes, {**body, "response_format": speech.response_format}, call)
-    except GatewayError as e:
-        call.status, call.error_code, call.error_message = e.status, e.code, e.message
-        finish(call)
-        raise
+    call.principal = await authenticate(request)
+    body = json_body(request)
+    call.take_body(body)
+    speech = parse_speech(body)
+    call.model = speech.model
+    routes = await routes_for(call.principal, speech.model)
+    media.refuse_other_modes(routes, speech.model, "text-to-speech", ("audio_speech",))
+    routes = media.speech_routes(routes, speech.model, speech.response_format)
+    operation = media.Operation(default_upstream().speech)
+    result = await router.complete(operation, routes, {**body, "response_format": speech.response_format}, call)
     call.status = 200
     call.take_usage(result.get("usage"))
     call.response_body = {"content_type": result["content_type"], "bytes": len(result["audio"])}
@@ -151,18 +142,13 @@ async def audio_speech(request: HttpRequest) -> HttpResponseBase:
 @gateway_view("POST")
 async def embeddings(request: HttpRequest) -> HttpResponseBase:
     call = Call.begin(request, "embeddings")
-    try:
-        call.principal = await authenticate(request)
-        body = json_body(request)
-        call.take_body(body)
-        call.model = parse_embeddings(body).model
-        routes = await routes_for(call.principal, call.model)
-        media.refuse_other_modes(routes, call.model, "embeddings", ("embedding",))
-        result = await router.complete(media.Operation(default_upstream().embeddings), routes, body, call)
-    except GatewayError as e:
-        call.status, call.error_code, call.error_message = e.status, e.code, e.message
-        finish(call)
-        raise
+    call.principal = await authenticate(request)
+    body = json_body(request)
+    call.take_body(body)
+    call.model = parse_embeddings(body).model
+    routes = await routes_for(call.principal, call.model)
+    media.refuse_other_modes(routes, call.model, "embeddings", ("embedding",))
+    result = await router.complete(media.Operation(default_upstream().embeddings), routes, body, call)
     call.status = 200
     call.take_usage(result.get("usage"))
     finish(call)
@@ -192,39 +178,112 @@ def _for_client(chunk: dict[str, Any], include_usage: bool) -> dict[str, Any] | 
     return {k: v for k, v in chunk.items() if k != "usage"}
 
 
-async def _with_keepalive(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any] | None]:
+# Markers the relay hands the consumer in place of a chunk.
+_KEEPALIVE = object()  # the upstream has been silent KEEPALIVE_SECONDS more
+_STALLED = object()  # ... and now STREAM_IDLE_TIMEOUT: give up
+_END = object()  # the upstream's stream is complete
+
+
+class _Relay:
+    """One stream's upstream reads, made by a single task, and a single timer watching their silences.
+
+    The consumer asks for a chunk and awaits the queue, where the reader puts it (or its error, or the end) and
+    the timer its keepalive and stall markers. So a chunk costs a future or two, not a task and a timeout of
+    its own. The reader reads only when asked, never ahead: a read under way while the consumer is suspended
+    elsewhere would make the caller's `chunks.aclose()` fail ("already running").
+    """
+
+    __slots__ = ("asked", "beat", "chunks", "idle_limit", "loop", "queue", "reader", "since", "timer")
+
+    def __init__(self, chunks: AsyncIterator[dict[str, Any]]) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.chunks = chunks
+        self.idle_limit: float = settings.STREAM_IDLE_TIMEOUT
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.asked: asyncio.Future[None] = self.loop.create_future()
+        # When the read under way was asked for (None: none is), and when its silence last got a keepalive.
+        self.since: float | None = None
+        self.beat = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.reader = self.loop.create_task(self._read())
+
+    def get(self) -> Awaitable[Any]:
+        """The next chunk or marker; a read is asked for unless one is under way or its result is waiting."""
+        if self.since is None and self.queue.empty():
+            self.since = self.beat = self.loop.time()
+            self.asked.set_result(None)
+            if self.timer is None:
+                self.timer = self.loop.call_at(self.since + min(KEEPALIVE_SECONDS, self.idle_limit), self._watch)
+        return self.queue.get()
+
+    async def _read(self) -> None:
+        chunks, queue = self.chunks, self.queue
+        try:
+            while True:
+                await self.asked
+                self.asked = self.loop.create_future()
+                chunk = await anext(chunks)
+                self.since = None
+                queue.put_nowait(chunk)
+        except StopAsyncIteration:
+            self.since = None
+            queue.put_nowait(_END)
+        except BaseException as e:
+            self.since = None
+            queue.put_nowait(e)  # raised by the consumer, as if it had read the chunk itself
+            if not isinstance(e, Exception):
+                raise  # a cancellation (ours, once the consumer is gone) ends the task as one
+
+    def _watch(self) -> None:
+        """The timer: a keepalive every KEEPALIVE_SECONDS of a read's silence, the stall at STREAM_IDLE_TIMEOUT.
+
+        It fires when the next of them could be due, so a chunk costs it nothing: a read that ended meanwhile
+        only moves the next check on.
+        """
+        self.timer = None
+        now, since = self.loop.time(), self.since
+        if since is None:
+            return  # no read under way: the next one arms the timer again
+        if now - since >= self.idle_limit:
+            self.queue.put_nowait(_STALLED)
+            return
+        if now - self.beat >= KEEPALIVE_SECONDS:
+            self.queue.put_nowait(_KEEPALIVE)
+            self.beat = now
+        self.timer = self.loop.call_at(min(since + self.idle_limit, self.beat + KEEPALIVE_SECONDS), self._watch)
+
+    async def aclose(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        if not self.reader.done():
+            # The client went away (or the upstream stalled) mid-read: stop the read so the upstream closes.
+            self.reader.cancel()
+            await asyncio.gather(self.reader, return_exceptions=True)
+
+
+async def _with_keepalive(chunks: AsyncIterator[dict[str, Any]]) -> AsyncGenerator[dict[str, Any] | None, None]:
     """Yield chunks, and None whenever the upstream has been silent for KEEPALIVE_SECONDS.
 
     An upstream silent for longer than STREAM_IDLE_TIMEOUT is given up on: the read is cancelled (which
     closes the upstream connection) and the stream ends with an error event.
     """
-    pending: asyncio.Future[dict[str, Any]] | None = None
-    idle_limit = settings.STREAM_IDLE_TIMEOUT
+    relay = _Relay(chunks)
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(chunks))
-                silent_since = time.monotonic()
-            remaining = idle_limit - (time.monotonic() - silent_since)
-            if remaining <= 0:
-                raise UpstreamError(504, f"The provider sent nothing for {idle_limit:g}s; the stream was cut.",
-                                    code="upstream_stream_stalled")
-            done, _ = await asyncio.wait({pending}, timeout=min(KEEPALIVE_SECONDS, remaining))
-            if not done:
-                if time.monotonic() - silent_since >= KEEPALIVE_SECONDS:
-                    yield None
-                continue
-            ready, pending = pending, None
-            try:
-                chunk = ready.result()
-            except StopAsyncIteration:
+            item = await relay.get()
+            if item is _KEEPALIVE:
+                yield None
+            elif item is _END:
                 return
-            yield chunk
+            elif item is _STALLED:
+                raise UpstreamError(504, f"The provider sent nothing for {relay.idle_limit:g}s; the stream was cut.",
+                                    code="upstream_stream_stalled")
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
     finally:
-        if pending is not None and not pending.done():
-            # The client went away (or the upstream stalled) mid-wait: stop the read so the upstream closes.
-            pending.cancel()
-            await asyncio.gather(pending, return_exceptions=True)
+        await relay.aclose()
 
 
 async def sse_events(
@@ -242,18 +301,20 @@ async def sse_events(
                 event = b"data: " + orjson.dumps(out) + b"\n\n"
                 budget -= len(event)
                 yield event
-        async for chunk in _with_keepalive(chunks):
-            if chunk is None:
-                yield b": keepalive\n\n"
-                continue
-            call.take_chunk(chunk)
-            if (out := _for_client(chunk, include_usage)) is not None:
-                event = b"data: " + orjson.dumps(out) + b"\n\n"
-                budget -= len(event)
-                if budget < 0:
-                    assert call.route is not None
-                    raise too_large(call.route, settings.MAX_UPSTREAM_RESPONSE_BYTES)
-                yield event
+        # Closed before `chunks` (finally, below) however this generator ends: its read must be stopped first.
+        async with contextlib.aclosing(_with_keepalive(chunks)) as relayed:
+            async for chunk in relayed:
+                if chunk is None:
+                    yield b": keepalive\n\n"
+                    continue
+                call.take_chunk(chunk)
+                if (out := _for_client(chunk, include_usage)) is not None:
+                    event = b"data: " + orjson.dumps(out) + b"\n\n"
+                    budget -= len(event)
+                    if budget < 0:
+                        assert call.route is not None
+                        raise too_large(call.route, settings.MAX_UPSTREAM_RESPONSE_BYTES)
+                    yield event
         yield b"data: [DONE]\n\n"
     except UpstreamError as e:
         # Headers (200) are already sent: the error travels in-band, never as a silent success.
@@ -273,8 +334,10 @@ async def sse_events(
             call.error_code = "client_disconnected"
         raise
     finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
-        finish(call)
+        try:
+            await chunks.aclose()  # type: ignore[attr-defined]
+        finally:
+            finish(call)  # the usage record and the quota settlement, whatever closing the upstream did
 
 
 @gateway_view("GET")

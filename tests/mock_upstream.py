@@ -14,6 +14,10 @@ In-process (pytest)::
 Standalone (benchmarks)::
 
     python -m tests.mock_upstream --port 9100 --chunk-delay 0.005 --chunks 20
+
+``chunk_delay`` (``--chunk-delay``) paces a stream's generated events: the role chunk, the content (and tool call)
+chunks and the finish chunk. The usage chunk and ``[DONE]`` follow the finish chunk at once, as OpenAI's do, so
+a client that asks for usage (the portal always does) waits no longer than one that does not.
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ class Behaviour:
     error_body: dict[str, Any] | bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     latency: float = 0.0
+    # Before each streamed event but the first, up to the finish chunk; the usage chunk and [DONE] follow at once.
     chunk_delay: float = 0.0
     chunks: int | None = None
     reply: str = DEFAULT_REPLY
@@ -306,8 +311,9 @@ def _stream_events(
     tool_calls: Sequence[dict[str, Any]] = (),
     stop_reason: str | None = None,
     error: dict[str, Any] | None = None,
-) -> list[bytes]:
-    """All SSE events of one streamed completion, in order (the last is ``[DONE]``)."""
+) -> tuple[list[bytes], list[bytes]]:
+    """All SSE events of one streamed completion, in order: the generated ones, paced by ``chunk_delay`` (up to the
+    finish chunk, or the error), and the tail that follows them at once (the usage chunk, ``[DONE]``)."""
 
     def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
@@ -319,14 +325,12 @@ def _stream_events(
     if malformed:
         events.append(_MALFORMED_SSE)
     if error is not None:
-        return [*events, _sse({"error": error}), _DONE_EVENT]
+        return [*events, _sse({"error": error})], [_DONE_EVENT]
     events.extend(chunk({"content": piece}) for piece in pieces)
     events.extend(chunk(delta) for delta in _tool_call_deltas(tool_calls))
     events.append(chunk({}, finish))
-    if usage is not None:
-        events.append(_sse({**base, "choices": [], "usage": usage}))
-    events.append(_DONE_EVENT)
-    return events
+    tail = [_DONE_EVENT] if usage is None else [_sse({**base, "choices": [], "usage": usage}), _DONE_EVENT]
+    return events, tail
 
 
 def _embedding_vector(item: Any) -> list[float]:
@@ -840,7 +844,7 @@ class MockUpstream:
             wants_usage = behaviour.include_usage_always or (
                 isinstance(options, dict) and bool(options.get("include_usage"))
             )
-            events = _stream_events(
+            events, tail = _stream_events(
                 {**base, "object": "chat.completion.chunk"},
                 pieces,
                 finish,
@@ -850,12 +854,12 @@ class MockUpstream:
                 matched_stop,
                 behaviour.error_in_200 if failing else None,
             )
-            return await self._stream(conn, request, behaviour, events, keep_alive, failing)
+            return await self._stream(conn, request, behaviour, events, keep_alive, failing, tail)
         if failing and behaviour.malformed:
             return await self._send(conn, 200, _MALFORMED_JSON, keep_alive, behaviour.headers)
         if failing and behaviour.error_in_200 is not None:
             return await self._send_json(conn, 200, {"error": behaviour.error_in_200}, keep_alive, behaviour.headers)
-        message = {"role": "assistant", "content": "".join(pieces), "refusal": None}
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(pieces), "refusal": None}
         if tool_calls:
             message = {**message, "content": message["content"] or None, "tool_calls": tool_calls}
         payload = {
@@ -876,7 +880,9 @@ class MockUpstream:
         events: list[bytes],
         keep_alive: bool,
         failing: bool,
+        tail: Sequence[bytes] = (),
     ) -> bool:
+        """Stream ``events``, each after ``chunk_delay`` but the first, then ``tail`` right after the last of them."""
         writer = conn.writer
         chunked = request.http_version == "HTTP/1.1"
         # HTTP/1.0 has no chunked encoding: the body is delimited by closing the connection instead.
@@ -887,12 +893,13 @@ class MockUpstream:
             writer.write(
                 _response_head(200, "text/event-stream", behaviour.headers, keep_alive, length=None, chunked=chunked)
             )
-            for index, event in enumerate(events):
+            paced = len(events)
+            for index, event in enumerate([*events, *tail]):
                 if cut_after is not None and index >= cut_after:
                     # Simulated upstream crash: the socket closes without the terminating zero-length chunk.
                     writer.close()
                     return False
-                if index and behaviour.chunk_delay > 0 and await conn.sleep(behaviour.chunk_delay):
+                if 0 < index < paced and behaviour.chunk_delay > 0 and await conn.sleep(behaviour.chunk_delay):
                     return self._note_disconnect()
                 if conn.client_gone:
                     return self._note_disconnect()
@@ -947,7 +954,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tests.mock_upstream", description=__doc__.split("\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9100)
-    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between SSE events")
+    parser.add_argument("--chunk-delay", type=float, default=0.0,
+                        help="seconds between a stream's generated events, up to its finish chunk (the usage chunk "
+                             "and [DONE] follow that at once)")
     parser.add_argument("--chunks", type=int, default=None, help="content chunks per stream (default: reply words)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before response headers")
     parser.add_argument("--reply", default=DEFAULT_REPLY)

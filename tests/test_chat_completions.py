@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import time
 
 import httpx
 import openai
+import orjson
 import pytest
 
+from gateway import views
 from tests.conftest import make_deployment, make_provider
 from tests.mock_upstream import Behaviour
 
@@ -118,6 +121,46 @@ def test_a_client_disconnect_closes_the_upstream_stream(portal, master_key, upst
     # 50 chunks at 0.2 s would take 10 s; the upstream must see us leave within a few.
     assert upstream.disconnected.wait(timeout=5)
     assert upstream.disconnects == 1
+
+
+def stream_lines(portal, master_key) -> list[str]:
+    """A streamed completion's non-blank lines, read raw (the SDK drops the keepalive comments)."""
+    body = {"model": "test-model", "stream": True, "messages": HELLO}
+    headers = {"Authorization": f"Bearer {master_key}"}
+    with httpx.stream("POST", f"{portal.url}/v1/chat/completions", json=body, headers=headers, timeout=30) as response:
+        assert response.status_code == 200
+        return [line for line in response.iter_lines() if line]
+
+
+def test_a_silent_upstream_gets_keepalives_between_its_chunks(portal, master_key, upstream, deployment,
+                                                              monkeypatch):
+    monkeypatch.setattr(views, "KEEPALIVE_SECONDS", 0.2)  # not 15 s, for the test's sake
+    upstream.behaviour = Behaviour(reply="a b", chunk_delay=0.7)
+    lines = stream_lines(portal, master_key)
+
+    assert lines[-1] == "data: [DONE]"
+    data = [index for index, line in enumerate(lines) if line.startswith("data: ")]
+    assert set(lines) - {lines[index] for index in data} == {": keepalive"}
+    # role, "a", " b", finish: each after 0.7 s of silence, filled with keepalives (the usage the portal asked
+    # for and [DONE] follow the finish chunk at once).
+    gaps = [lines[start + 1 : end] for start, end in itertools.pairwise(data[:4])]
+    assert all(len(gap) >= 2 for gap in gaps), gaps
+    assert all(line.startswith("data: ") for line in lines[data[3] :])
+    text = "".join(orjson.loads(lines[index][6:])["choices"][0]["delta"].get("content") or "" for index in data[:3])
+    assert text == "a b"
+
+
+def test_keepalives_do_not_put_off_the_stall(portal, master_key, upstream, deployment, settings, monkeypatch):
+    monkeypatch.setattr(views, "KEEPALIVE_SECONDS", 0.3)
+    settings.STREAM_IDLE_TIMEOUT = 1
+    upstream.behaviour = Behaviour(reply="a b c", chunk_delay=10)
+    started = time.monotonic()
+    lines = stream_lines(portal, master_key)
+
+    assert time.monotonic() - started < 5
+    assert lines.count(": keepalive") >= 2
+    assert orjson.loads(lines[-1][6:])["error"]["code"] == "upstream_stream_stalled"
+    assert upstream.disconnected.wait(timeout=5)
 
 
 def test_an_unknown_model_is_a_404_not_found_error(client, deployment):

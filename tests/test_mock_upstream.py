@@ -171,11 +171,31 @@ def test_include_usage_always(server: MockUpstream, sdk: openai.OpenAI) -> None:
 
 
 def test_chunk_delay_spaces_chunks(server: MockUpstream, sdk: openai.OpenAI) -> None:
-    server.behaviour = Behaviour(chunk_delay=0.05, chunks=4)  # 7 events -> 6 gaps of 50 ms
+    server.behaviour = Behaviour(chunk_delay=0.05, chunks=4)  # 6 paced events -> 5 gaps of 50 ms, then [DONE]
     arrivals = [time.perf_counter() for _ in sdk.chat.completions.create(model="m", messages=MESSAGES, stream=True)]
     assert len(arrivals) == 6  # role + 4 content + finish ([DONE] is consumed by the SDK)
     assert arrivals[-1] - arrivals[0] >= 0.2  # each event was flushed on its own, not buffered until the end
     assert server.active_streams == 0
+
+
+def test_usage_and_done_follow_the_finish_chunk_without_the_delay(server: MockUpstream) -> None:
+    # As OpenAI sends them: a client asking for usage (the portal always does) must not wait a delay more.
+    server.behaviour = Behaviour(chunk_delay=0.3, chunks=2)
+    body = {"model": "m", "messages": MESSAGES, "stream": True, "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    arrivals = []
+    with httpx.stream("POST", server.base_url + "/chat/completions", json=body) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append((time.perf_counter() - started, line.removeprefix("data: ")))
+    ended = time.perf_counter() - started
+
+    assert [payload for _, payload in arrivals][-1] == "[DONE]"
+    assert len(arrivals) == 1 + 2 + 1 + 1 + 1  # role, content x2, finish, usage, [DONE]
+    (finish_at, finish), (usage_at, usage), (done_at, _) = arrivals[-3:]
+    assert orjson.loads(finish)["choices"][0]["finish_reason"] == "stop" and orjson.loads(usage)["usage"]
+    assert finish_at - arrivals[-4][0] >= 0.25  # the finish chunk is still paced...
+    assert usage_at - finish_at < 0.15 and done_at - finish_at < 0.15 and ended - finish_at < 0.15  # ...the rest not
 
 
 def test_client_disconnect_mid_stream_is_detected_between_chunks(server: MockUpstream) -> None:

@@ -7,6 +7,7 @@ quota admission and fallback, usage recording through finish()), with a translat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import uuid
@@ -73,13 +74,15 @@ async def translated_events(
             call.take_chunk(first)
             if out := renderer.feed(first):
                 yield out
-        async for chunk in _with_keepalive(chunks):
-            if chunk is None:
-                yield renderer.keepalive()
-                continue
-            call.take_chunk(chunk)
-            if out := renderer.feed(chunk):
-                yield out
+        # Closed before `chunks` (finally, below) however this generator ends: its read must be stopped first.
+        async with contextlib.aclosing(_with_keepalive(chunks)) as relayed:
+            async for chunk in relayed:
+                if chunk is None:
+                    yield renderer.keepalive()
+                    continue
+                call.take_chunk(chunk)
+                if out := renderer.feed(chunk):
+                    yield out
         yield await renderer.end()
     except UpstreamError as e:
         # Headers (200) are already sent: the error travels in-band, never as a silent success.
@@ -95,8 +98,10 @@ async def translated_events(
         call.error_code, call.error_message = error.code, error.message
         yield renderer.error(error)
     finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
-        finish(call)
+        try:
+            await chunks.aclose()  # type: ignore[attr-defined]
+        finally:
+            finish(call)
 
 
 # --- Anthropic Messages ------------------------------------------------------------------------------------
