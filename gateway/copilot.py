@@ -453,6 +453,17 @@ def token_rejected(route: Route, error: UpstreamError) -> UpstreamError:
     )
 
 
+async def after_rejection(route: Route, error: UpstreamError, attempt: int) -> None:
+    """An upstream call failed: raise its error, unless Copilot rejected its short-lived token (a 401 before
+    expires_at). Then the token is dropped, so the caller's next attempt exchanges a fresh one; a second
+    rejection says the seat or the login has a problem. Both upstream paths retry through this."""
+    if route.kind != "github_copilot" or error.upstream_status != 401:
+        raise error
+    await aforget(route.provider_id)
+    if attempt >= 2:
+        raise token_rejected(route, error)
+
+
 def _lock(provider_id: int) -> asyncio.Lock:
     locks = _locks.setdefault(asyncio.get_running_loop(), {})
     if provider_id not in locks:

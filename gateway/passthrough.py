@@ -18,13 +18,12 @@ import aiohttp
 import orjson
 from django.conf import settings
 
-from gateway import providers
+from gateway import copilot, providers
 from gateway.catalog import Route
 from gateway.upstream import RESERVED_FIELDS, UpstreamError, error_for_status, too_large
 
-# Kinds whose upstream speaks OpenAI chat natively. (GitHub Copilot does too, but its short-lived token
-# refresh-and-retry lives in the LiteLLM path for now.)
-NATIVE_KINDS = frozenset({"openai", "openai_compatible", "openrouter", "github_models", "lm_studio"})
+# Kinds whose upstream speaks OpenAI chat natively (Copilot with a short-lived token and editor headers).
+NATIVE_KINDS = frozenset({"openai", "openai_compatible", "openrouter", "github_models", "github_copilot", "lm_studio"})
 # LiteLLM-only parameters that may sit in a deployment's params; they are not sent upstream.
 LITELLM_ONLY = frozenset({"extra_headers", "timeout", "stream_timeout", "drop_params", "api_version",
                           "custom_llm_provider", "input_cost_per_token", "output_cost_per_token", "num_retries",
@@ -61,8 +60,6 @@ class PassthroughUpstream:
     async def _request(self, route: Route, body: dict[str, Any], stream: bool) -> tuple[str, dict[str, str], bytes]:
         kwargs = providers.call_kwargs(route, {})
         if route.kind == "github_copilot":
-            from gateway import copilot
-
             kwargs = await copilot.call_kwargs(route, body, kwargs)
         base = str(kwargs.get("api_base") or "").rstrip("/")
         if not base:
@@ -80,7 +77,30 @@ class PassthroughUpstream:
         return f"{base}/chat/completions", headers, orjson.dumps(payload)
 
     async def complete(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
-        url, headers, payload = await self._request(route, body, stream=False)
+        for attempt in (1, 2):
+            # Outside the try: failing to get a token (a revoked login) is not a token Copilot rejected.
+            request = await self._request(route, body, stream=False)
+            try:
+                return await self._complete(route, *request)
+            except UpstreamError as e:
+                await copilot.after_rejection(route, e, attempt)  # raises, unless Copilot's token is to renew
+        raise AssertionError("unreachable")
+
+    async def stream(self, route: Route, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        for attempt in (1, 2):
+            request = await self._request(route, body, stream=True)
+            started = False
+            try:
+                async for chunk in self._stream(route, *request):
+                    started = True
+                    yield chunk
+                return
+            except UpstreamError as e:
+                if started:
+                    raise  # a token is only refused before the stream starts
+                await copilot.after_rejection(route, e, attempt)
+
+    async def _complete(self, route: Route, url: str, headers: dict[str, str], payload: bytes) -> dict[str, Any]:
         # A whole answer must come within UPSTREAM_TIMEOUT, not each read: a provider dripping bytes would
         # otherwise hold the request forever.
         limit = timeout(total=True)
@@ -94,8 +114,9 @@ class PassthroughUpstream:
             raise transport_error(e, route) from None
         return parse_completion(content, route)
 
-    async def stream(self, route: Route, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        url, headers, payload = await self._request(route, body, stream=True)
+    async def _stream(
+        self, route: Route, url: str, headers: dict[str, str], payload: bytes
+    ) -> AsyncIterator[dict[str, Any]]:
         try:
             response = await self._session().post(url, data=payload, headers=headers, timeout=timeout())
         except (aiohttp.ClientError, TimeoutError) as e:

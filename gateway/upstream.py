@@ -147,15 +147,9 @@ class LiteLLMUpstream:
                     return await litellm.acompletion(**kwargs)
             except Exception as e:
                 error = translate_error(e, route)
-            if route.kind != "github_copilot" or error.upstream_status != 401:
-                raise error
-            # Copilot rejected its short-lived token before expires_at: drop it and try once more with a
-            # fresh exchange (which says "reconnect" if the GitHub login itself was revoked).
             from gateway import copilot
 
-            await copilot.aforget(route.provider_id)
-            if attempt == 2:
-                raise copilot.token_rejected(route, error)
+            await copilot.after_rejection(route, error, attempt)  # raises, unless Copilot's token is to renew
         raise AssertionError("unreachable")
 
     async def complete(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:

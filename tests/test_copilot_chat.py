@@ -20,6 +20,12 @@ def connect(github, provider):
     CopilotAuth.for_provider(provider).connect(github.issue_github_token(), source="device_flow")
 
 
+@pytest.fixture(autouse=True)
+def both_paths(upstream_path):
+    """Every test runs over the passthrough and over LiteLLM: Copilot is served by either."""
+    return upstream_path
+
+
 @pytest.fixture
 def provider(portal):
     return Provider.objects.create(name="copilot", kind="github_copilot")
