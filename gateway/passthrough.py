@@ -11,11 +11,13 @@ same conformance tests.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 import aiohttp
 import orjson
+import yarl
 from django.conf import settings
 
 from gateway import copilot, providers
@@ -46,7 +48,10 @@ class PassthroughUpstream:
         session = self._sessions.get(loop_id)
         if session is None or session.closed:
             connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
-            session = aiohttp.ClientSession(connector=connector, auto_decompress=True, skip_auto_headers=["User-Agent"])
+            # No cookie jar: one session serves every user, so a provider's Set-Cookie must not follow the next
+            # user's request (and filtering a jar costs time on every request).
+            session = aiohttp.ClientSession(connector=connector, auto_decompress=True, skip_auto_headers=["User-Agent"],
+                                            cookie_jar=aiohttp.DummyCookieJar())
             self._sessions[loop_id] = session
         return session
 
@@ -105,7 +110,7 @@ class PassthroughUpstream:
         # otherwise hold the request forever.
         limit = timeout(total=True)
         try:
-            async with self._session().post(url, data=payload, headers=headers, timeout=limit) as response:
+            async with self._session().post(parsed_url(url), data=payload, headers=headers, timeout=limit) as response:
                 content = await read_capped(response, route)
                 if response.status >= 400:
                     raise error_for_status(route, response.status, content.decode(errors="replace"),
@@ -118,7 +123,7 @@ class PassthroughUpstream:
         self, route: Route, url: str, headers: dict[str, str], payload: bytes
     ) -> AsyncIterator[dict[str, Any]]:
         try:
-            response = await self._session().post(url, data=payload, headers=headers, timeout=timeout())
+            response = await self._session().post(parsed_url(url), data=payload, headers=headers, timeout=timeout())
         except (aiohttp.ClientError, TimeoutError) as e:
             raise transport_error(e, route) from None
         finished = False
@@ -142,9 +147,19 @@ class PassthroughUpstream:
 def timeout(total: bool = False) -> aiohttp.ClientTimeout:
     """UPSTREAM_TIMEOUT for each read, and with `total` for the whole exchange (a stream has no total: its
     silences are bounded by STREAM_IDLE_TIMEOUT instead)."""
-    # Read per request, so a changed setting applies without rebuilding the pooled session.
-    limit = settings.UPSTREAM_TIMEOUT
+    # The setting is read per request, so a change applies without rebuilding the pooled session.
+    return _timeout(settings.UPSTREAM_TIMEOUT, total)
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(limit: float, total: bool) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=limit if total else None, sock_connect=min(limit, 10), sock_read=limit)
+
+
+@functools.lru_cache(maxsize=1024)
+def parsed_url(url: str) -> yarl.URL:
+    """A deployment's URL, parsed once rather than on every request."""
+    return yarl.URL(url)
 
 
 async def read_capped(response: aiohttp.ClientResponse, route: Route) -> bytes:
