@@ -185,3 +185,61 @@ def test_an_unreachable_server_is_a_connection_error() -> None:
 
     with pytest.raises(redis.exceptions.ConnectionError):
         run(main())
+
+
+STEPS = [0, 100, 300, 700, 1000, 1500, 2500, 5000, 30_000, 59_700, 60_300, 61_000, 200_000]
+
+
+@needs_redis
+def test_the_redis_store_and_the_in_process_store_agree_step_by_step(settings) -> None:
+    """The same random sequence of checks, corrections and clock steps gives the same answers from the Lua
+    script and from the in-process store (the embedded default): used, reset times, refusals, retry delays."""
+    import random
+    import uuid
+
+    from gateway.quota import Correction, Limit, MemoryStore, RedisStore, build_checks
+
+    settings.REDIS_URL = REDIS_URL
+    scope = uuid.uuid4().hex
+    limits = [Limit("deployment", scope, "test", "rpm", 12), Limit("deployment", scope, "test", "tpm", 900),
+              Limit("key", scope, "test", "rpd", 150)]
+    rng = random.Random(20261127)
+
+    async def main() -> list[tuple[object, ...]]:
+        stores = [RedisStore(REDIS_URL), MemoryStore()]
+        now_ms = 1_800_000_000_000
+        answers = []
+        try:
+            for store in stores:
+                for check in build_checks(limits, 1, 1, now_ms / 1000):
+                    if check.day is not None:
+                        await store.seed(check.key, 0, check.window_ms)
+            for _ in range(1500):
+                # Mostly small steps, so the minute fills and its oldest buckets expire one by one; now and
+                # then a jump to just before, at or after a window's end, or far beyond it.
+                step = rng.choices(STEPS, weights=[len(STEPS) if s < 10_000 else 1 for s in STEPS])[0]
+                now_ms += step
+                tokens = rng.randint(1, 160)
+                checks = build_checks(limits, 1, tokens, now_ms / 1000)
+                outcomes = [await store.acquire(checks, now_ms, None) for store in stores]
+                answers.append(tuple((o.admitted, o.used, o.resets_ms, round(o.retry_after, 3),
+                                      o.check.limit.name if o.check else None) for o in outcomes))
+                if outcomes[0].admitted and rng.random() < 0.6:
+                    delta = rng.randint(-tokens + 1, 40)
+                    corrections = [Correction(c.key, c.limit.sliding, now_ms // 1000, delta)
+                                   for c in checks if c.limit.unit == "tokens"]
+                    for store in stores:
+                        store.correct(corrections)
+                        await store.flush()
+        finally:
+            cleanup = redis.Redis.from_url(REDIS_URL)
+            for key in cleanup.scan_iter(f"q:*{scope}*"):
+                cleanup.delete(key)
+            cleanup.close()
+            await stores[0].aclose()
+        return answers
+
+    answers = run(main())
+    assert sum(1 for redis_answer, _ in answers if not redis_answer[0]) > 20  # refusals were exercised too
+    mismatches = [(i, a, b) for i, (a, b) in enumerate(answers) if a != b]
+    assert mismatches == []
