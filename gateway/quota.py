@@ -228,14 +228,21 @@ local function window(key, w)
     end
   end
   if total <= 0 then total, oldest = 0, nil end
-  if total ~= tonumber(state[1]) or oldest ~= tonumber(state[2]) then
-    -- Kept in step with the buckets now, even if a later check refuses this request.
-    if oldest then redis.call('HSET', key, 't', total, 'o', oldest) else
-      redis.call('HSET', key, 't', total)
-      redis.call('HDEL', key, 'o')
-    end
+  return total, oldest, total ~= tonumber(state[1]) or oldest ~= tonumber(state[2])
+end
+-- Write a window's total and oldest bucket back when its buckets changed but this request is refused (an
+-- admitted request writes them as it counts itself).
+local function keep(key, total, oldest)
+  if oldest then redis.call('HSET', key, 't', total, 'o', oldest) else
+    redis.call('DEL', key)  -- nothing counts any more (and a key is never left without its expiry)
   end
-  return total, oldest
+end
+local kept = {}
+local function refuse(upto, reply)
+  for j = 1, upto do
+    if kept[j] then keep(KEYS[j + 1], kept[j][1], kept[j][2]) end
+  end
+  return reply
 end
 -- The checks come packed in one argument ("kind,limit,cost,window;..."): encoding a command's arguments is
 -- most of the client's cost per call, and this keeps them at two whatever the number of limits.
@@ -249,9 +256,10 @@ for i = 1, n do
   local key = KEYS[i + 1]
   local u = 0
   if kind == 's' then
-    local oldest
-    u, oldest = window(key, w)
+    local oldest, changed
+    u, oldest, changed = window(key, w)
     oldests[i] = oldest
+    if changed then kept[i] = {u, oldest} end
     if u + cost > limit then
       -- When enough of the oldest buckets stop counting for this request to fit.
       local need, freed, retry = u + cost - limit, 0, w
@@ -261,15 +269,15 @@ for i = 1, n do
           if freed >= need then retry = (bucket + 1) * 1000 + w - now break end
         end
       end
-      return {0, i, u, retry}
+      return refuse(i, {0, i, u, retry})
     end
     resets[i] = 0
     if oldest then resets[i] = (oldest + 1) * 1000 + w - now end
   else
     local v = redis.call('GET', key)
-    if not v then return {-1, i} end
+    if not v then return refuse(i, {-1, i}) end
     u = tonumber(v)
-    if u + cost > limit then return {0, i, u, w - now} end
+    if u + cost > limit then return refuse(i, {0, i, u, w - now}) end
     resets[i] = w - now
   end
   used[i] = u
@@ -280,9 +288,9 @@ for i = 1, n do
   if kind == 's' then
     local oldest = oldests[i]
     if not oldest or second < oldest then oldest = second end
-    redis.call('HINCRBY', key, second, cost)
+    -- The key outlives its newest bucket's window: refreshed when a second's bucket is started.
+    if redis.call('HINCRBY', key, second, cost) == cost then redis.call('PEXPIRE', key, w + 2000) end
     redis.call('HSET', key, 't', used[i] + cost, 'o', oldest)
-    redis.call('PEXPIRE', key, w + 2000)
   else
     redis.call('INCRBY', key, cost)
   end
