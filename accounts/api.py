@@ -16,7 +16,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 from rest_framework.decorators import action
-from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -24,7 +24,7 @@ from rest_framework.response import Response
 
 from accounts import usage
 from accounts.models import SELF_SERVE_PERMISSION, ApiKey, ApiKeyModelLimit
-from gateway.auth import KeyLimits, token_from
+from gateway.auth import KeyLimits, throttle, token_from
 
 User = get_user_model()
 LIMIT_FIELDS = ["rpm", "rpd", "tokens_per_day", "tokens_per_month"]
@@ -37,12 +37,20 @@ class MasterKey:
 
 
 class MasterKeyAuthentication(BaseAuthentication):
+    """The master key as a Bearer token; wrong keys count against the caller's IP like on /v1 (gateway.auth
+    .throttle), so the API that mints keys is no easier to guess against than the gateway."""
+
     def authenticate(self, request: Request) -> tuple[AnonymousUser, MasterKey] | None:
         token = token_from(request._request)
         if not token:
             return None
+        ip = str(request._request.META.get("REMOTE_ADDR") or "")
+        if (retry_after := throttle.retry_after(ip)) is not None:
+            raise Throttled(retry_after, "Too many invalid keys from your address.")
         if hmac.compare_digest(token.encode(), settings.MASTER_KEY.encode()):
             return AnonymousUser(), MasterKey()
+        if (retry_after := throttle.fail_sync(ip)) is not None:
+            raise Throttled(retry_after, "Too many invalid keys from your address.")
         raise AuthenticationFailed("Invalid key: the management API takes the master key.")
 
     def authenticate_header(self, request: Request) -> str:

@@ -96,12 +96,9 @@ class FailureThrottle:
 
     async def fail(self, ip: str) -> int | None:
         """Count one invalid key from `ip`; the Retry-After seconds when that was one too many."""
-        limit, window = settings.AUTH_FAILURE_LIMIT, settings.AUTH_FAILURE_WINDOW
-        if limit <= 0 or not ip:
+        if settings.AUTH_FAILURE_LIMIT <= 0 or not ip:
             return None
-        now = clock.now()
-        index = int(now // window)
-        key = f"auth:failures:{ip}:{index}"
+        now, key, window = self._window(ip)
         try:
             await cache.aadd(key, 0, timeout=math.ceil(window) + 5)
             count = await cache.aincr(key)
@@ -109,6 +106,28 @@ class FailureThrottle:
             # The cache is down (Redis away): answer the 401 as usual rather than fail the request.
             log.warning("could not count an invalid key from %s: %s", ip, type(e).__name__)
             return None
+        return self._counted(ip, count, now)
+
+    def fail_sync(self, ip: str) -> int | None:
+        """fail() for sync callers (the management API's master key)."""
+        if settings.AUTH_FAILURE_LIMIT <= 0 or not ip:
+            return None
+        now, key, window = self._window(ip)
+        try:
+            cache.add(key, 0, timeout=math.ceil(window) + 5)
+            count = cache.incr(key)
+        except Exception as e:
+            log.warning("could not count an invalid key from %s: %s", ip, type(e).__name__)
+            return None
+        return self._counted(ip, count, now)
+
+    def _window(self, ip: str) -> tuple[float, str, float]:
+        now, window = clock.now(), settings.AUTH_FAILURE_WINDOW
+        return now, f"auth:failures:{ip}:{int(now // window)}", window
+
+    def _counted(self, ip: str, count: int, now: float) -> int | None:
+        limit, window = settings.AUTH_FAILURE_LIMIT, settings.AUTH_FAILURE_WINDOW
+        index = int(now // window)
         if count < limit:
             return None
         until = (index + 1) * window

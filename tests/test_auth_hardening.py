@@ -274,3 +274,22 @@ def test_the_key_page_never_shows_or_touches_another_users_key(personas):
     assert alice.post(f"/keys/{bob_key.pk}/revoke/").status_code == 404
     bob_key.refresh_from_db()
     assert bob_key.is_active
+
+
+def test_guessing_the_master_key_on_the_management_api_is_throttled_like_v1(limit: int, transactional_db: Any) -> None:
+    from django.conf import settings
+
+    def keys_list(key: str, ip: str = GUESSER) -> Any:
+        return Client(REMOTE_ADDR=ip).get("/api/keys/", HTTP_AUTHORIZATION=f"Bearer {key}")
+
+    statuses = [keys_list(wrong_key(n)).status_code for n in range(limit + 1)]
+    assert statuses == [401] * limit + [429]
+    # Now even the right key is refused from that address until the window ends, so a guesser cannot tell it
+    # from a wrong one; another address is not affected.
+    refused = keys_list(settings.MASTER_KEY)
+    assert refused.status_code == 429
+    assert 0 < int(refused["Retry-After"]) <= 60
+    assert settings.MASTER_KEY not in refused.content.decode()
+    assert keys_list(settings.MASTER_KEY, ip=NEIGHBOUR).status_code == 200
+    clock.advance(61)
+    assert keys_list(settings.MASTER_KEY).status_code == 200
