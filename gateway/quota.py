@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import math
 import threading
@@ -51,22 +52,24 @@ class Limit:
     name: str  # rpm | tpm | rpd | tpd | tokens_per_month
     value: int
     tz: str = "UTC"
+    # Derived once, read on every request.
+    unit: str = field(init=False, repr=False, compare=False)  # requests | tokens
+    period: str = field(init=False, repr=False, compare=False)  # minute | day | month
+    sliding: bool = field(init=False, repr=False, compare=False)  # per-minute: slides; others: fixed windows
+    base_key: str = field(init=False, repr=False, compare=False)
+    spec: str = field(init=False, repr=False, compare=False)  # "kind,limit," as the Lua script reads it
 
-    @property
-    def unit(self) -> str:
-        return "requests" if self.name in ("rpm", "rpd") else "tokens"
-
-    @property
-    def period(self) -> str:
-        return {"rpm": "minute", "tpm": "minute", "rpd": "day", "tpd": "day"}.get(self.name, "month")
-
-    @property
-    def sliding(self) -> bool:
-        return self.period == "minute"
-
-    @property
-    def base_key(self) -> str:
-        return f"{self.scope}:{self.scope_id}:{self.name}"
+    def __post_init__(self) -> None:
+        period = {"rpm": "minute", "tpm": "minute", "rpd": "day", "tpd": "day"}.get(self.name, "month")
+        derived = {
+            "unit": "requests" if self.name in ("rpm", "rpd") else "tokens",
+            "period": period,
+            "sliding": period == "minute",
+            "base_key": f"{self.scope}:{self.scope_id}:{self.name}",
+            "spec": f"{'s' if period == 'minute' else 'f'},{self.value},",
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)  # frozen
 
     def describe(self) -> str:
         return f"{self.value} {self.unit} per {self.period}"
@@ -102,7 +105,7 @@ def _window(limit: Limit, now: float) -> tuple[dt.date, float]:
     return start, nxt.timestamp()
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Check:
     limit: Limit
     key: str
@@ -354,7 +357,7 @@ class RedisStore:
         return self._sync
 
     async def acquire(self, checks: list[Check], now_ms: int, cooldown_key: str | None) -> Outcome:
-        packed = ";".join(f"{'s' if c.limit.sliding else 'f'},{c.limit.value},{c.cost},{c.window_ms}" for c in checks)
+        packed = ";".join(f"{c.limit.spec}{c.cost},{c.window_ms}" for c in checks)
         keys = [cooldown_key or "", *[c.key for c in checks]]
         reply = await self._state().client.run(ACQUIRE_SCRIPT, keys, [now_ms, packed])
         return _outcome(checks, reply)
@@ -806,9 +809,16 @@ def key_limits(principal: Any, model: str) -> list[Limit]:
 
 
 def _limits_of(limits: Any, scope: str, scope_id: str, label: str, tz: str) -> list[Limit]:
-    pairs = [("rpm", limits.rpm), ("rpd", limits.rpd), ("tpd", limits.tokens_per_day),
-             ("tokens_per_month", limits.tokens_per_month)]
-    return [Limit(scope, scope_id, label, name, value, tz) for name, value in pairs if value is not None]
+    return list(_key_limits(scope, scope_id, label, tz, limits.rpm, limits.rpd, limits.tokens_per_day,
+                            limits.tokens_per_month))
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_limits(scope: str, scope_id: str, label: str, tz: str, *values: int | None) -> tuple[Limit, ...]:
+    # Asked for on every request of a key; a key's limits change only when an operator edits them.
+    names = ("rpm", "rpd", "tpd", "tokens_per_month")
+    return tuple(Limit(scope, scope_id, label, name, value, tz)
+                 for name, value in zip(names, values, strict=True) if value is not None)
 
 
 def summary(limits: list[Limit]) -> str:
