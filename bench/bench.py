@@ -160,14 +160,15 @@ def redis_script_time(url: str | None) -> tuple[int, float]:
 
 
 def largest_window_log(url: str | None) -> int | None:
-    """Entries in the biggest sliding-window log of the quota store (one per request of the last minute)."""
+    """Fields in the biggest per-minute window hash of the quota store: one per second of the last minute
+    that saw a request, plus its total and oldest-bucket fields, however many requests came."""
     if url is None:
         return None
     import redis
 
     client = redis.Redis.from_url(url)
     try:
-        sizes = [client.zcard(key) for key in client.scan_iter("q:*", count=1000) if client.type(key) == b"zset"]
+        sizes = [client.hlen(key) for key in client.scan_iter("q:*", count=1000) if client.type(key) == b"hash"]
     finally:
         client.close()
     return max(sizes, default=0)
@@ -329,10 +330,10 @@ def run_levels(servers: Servers, plan: Plan, litellm_key: str) -> tuple[list[dic
     return levels, portal_requests
 
 
-def run_quota_comparison(servers: Servers, plan: Plan) -> tuple[dict[str, Any], int]:
+def run_quota_comparison(servers: Servers, plan: Plan, concurrency: int) -> tuple[dict[str, Any], int]:
     """The same non-streaming level on a deployment and key without limits and with them, interleaved in rounds
     so a change in the machine's load hits both alike; the difference is the cost of the quota checks."""
-    assert servers.portal is not None and plan.quota_concurrency is not None
+    assert servers.portal is not None
     chat = servers.portal_url + "/v1/chat/completions"
     models = servers.setup["models"]
     off = Target("portal", chat, models["unlimited"], {"Authorization": f"Bearer {servers.setup['key_unlimited']}"})
@@ -345,7 +346,7 @@ def run_quota_comparison(servers: Servers, plan: Plan) -> tuple[dict[str, Any], 
     for _ in range(QUOTA_ROUNDS):
         for name, target in (("without_limits", off), ("with_limits", on)):
             calls, usec = redis_script_time(redis)
-            result, cpu_ms = measure(target, servers.portal, False, plan.quota_concurrency, plan,
+            result, cpu_ms = measure(target, servers.portal, False, concurrency, plan,
                                      requests=per_round, seconds=plan.seconds / QUOTA_ROUNDS)
             calls_after, usec_after = redis_script_time(redis)
             scripts[name][0] += calls_after - calls
@@ -354,7 +355,7 @@ def run_quota_comparison(servers: Servers, plan: Plan) -> tuple[dict[str, Any], 
             cpu[name].append(cpu_ms)
     merged = {name: merge(results) for name, results in parts.items()}
     sent = sum(r.sent + r.warmup for results in parts.values() for r in results)
-    summary: dict[str, Any] = {"concurrency": plan.quota_concurrency, "rounds": QUOTA_ROUNDS}
+    summary: dict[str, Any] = {"concurrency": concurrency, "rounds": QUOTA_ROUNDS}
     for name, result in merged.items():
         served = sum(r.sent + r.warmup for r in parts[name]) or 1
         summary[name] = {
@@ -372,7 +373,7 @@ def run_quota_comparison(servers: Servers, plan: Plan) -> tuple[dict[str, Any], 
         + (on_run["redis_script_ms_per_request"] or 0) - (off_run["redis_script_ms_per_request"] or 0), 3
     )
     summary["largest_window_entries"] = largest_window_log(servers.env.get("REDIS_URL"))
-    print(f"quota checks c={plan.quota_concurrency}: without limits p50 {summary['without_limits']['p50_ms']} ms, "
+    print(f"quota checks c={concurrency}: without limits p50 {summary['without_limits']['p50_ms']} ms, "
           f"with limits p50 {summary['with_limits']['p50_ms']} ms -> {summary['p50_diff_ms']} ms", flush=True)
     return summary, sent
 
@@ -432,8 +433,12 @@ def run(plan: Plan, args: argparse.Namespace, children: Children, run_dir: Path)
 
     levels, portal_requests = run_levels(servers, plan, litellm_key)
     quota: dict[str, Any] | None = None
+    quota_c1: dict[str, Any] | None = None
     if plan.quota_concurrency is not None:
-        quota, sent = run_quota_comparison(servers, plan)
+        quota, sent = run_quota_comparison(servers, plan, plan.quota_concurrency)
+        portal_requests += sent
+        # The same at concurrency 1, where no request queues behind another: the latency the checks add.
+        quota_c1, sent = run_quota_comparison(servers, plan, 1)
         portal_requests += sent
     memory["portal"]["after_load"] = memory_of_tree(servers.portal.pid).as_dict()
     if servers.litellm is not None:
@@ -471,6 +476,7 @@ def run(plan: Plan, args: argparse.Namespace, children: Children, run_dir: Path)
                                                   ("litellm", servers.litellm)) if child is not None},
         "levels": levels,
         "quota": quota,
+        "quota_c1": quota_c1,
         "usage": usage,
         "litellm": plan.litellm,
     }

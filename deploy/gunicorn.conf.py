@@ -33,3 +33,7 @@ def pre_fork(server: object, worker: object) -> None:
     # Objects loaded by the master (Django, the app) move to a permanent generation, so the workers' garbage
     # collector never touches them and their memory pages stay shared with the master instead of copied.
     gc.freeze()
+    # The default thresholds (700, 10, 10) ran ~1,600 young, ~140 middle and a dozen full collections per
+    # 10,000 requests in the benchmark, about 90 us of CPU per request: most objects a request allocates die
+    # by reference counting anyway. These cut it to ~60 us (measured with gc.callbacks under `make bench`).
+    gc.set_threshold(10_000, 50, 100)
