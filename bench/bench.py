@@ -59,7 +59,7 @@ WORKERS = 2
 NON_STREAMING_LEVELS = (1, 16, 32, 64)
 STREAMING_LEVELS = (1, 16, 32)
 QUOTA_CONCURRENCY = 32
-QUOTA_ROUNDS = 4
+QUOTA_ROUNDS = 8  # short interleaved rounds: a change in the machine's load hits both sides alike
 # Variables of the caller's environment the portal must not see: real provider keys, another database.
 SCRUBBED_ENV = (
     "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "PORTAL_CONFIG", "OPENROUTER_API_KEY", "GEMINI_API_KEY",
@@ -338,7 +338,7 @@ def run_quota_comparison(servers: Servers, plan: Plan, concurrency: int) -> tupl
     models = servers.setup["models"]
     off = Target("portal", chat, models["unlimited"], {"Authorization": f"Bearer {servers.setup['key_unlimited']}"})
     on = Target("portal", chat, models["limited"], {"Authorization": f"Bearer {servers.setup['key']}"})
-    per_round = max(plan.requests // QUOTA_ROUNDS, 1)
+    per_round = max(plan.requests * 2 // QUOTA_ROUNDS, 1)  # 2x a level: a difference of p50s needs more samples
     redis = servers.env.get("REDIS_URL")
     parts: dict[str, list[LevelResult]] = {"without_limits": [], "with_limits": []}
     cpu: dict[str, list[float]] = {"without_limits": [], "with_limits": []}
@@ -347,7 +347,7 @@ def run_quota_comparison(servers: Servers, plan: Plan, concurrency: int) -> tupl
         for name, target in (("without_limits", off), ("with_limits", on)):
             calls, usec = redis_script_time(redis)
             result, cpu_ms = measure(target, servers.portal, False, concurrency, plan,
-                                     requests=per_round, seconds=plan.seconds / QUOTA_ROUNDS)
+                                     requests=per_round, seconds=plan.seconds * 2 / QUOTA_ROUNDS)
             calls_after, usec_after = redis_script_time(redis)
             scripts[name][0] += calls_after - calls
             scripts[name][1] += usec_after - usec
