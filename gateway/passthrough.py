@@ -20,7 +20,7 @@ import orjson
 import yarl
 from django.conf import settings
 
-from gateway import copilot, providers
+from gateway import copilot, http1, providers
 from gateway.catalog import Route
 from gateway.upstream import RESERVED_FIELDS, UpstreamError, error_for_status, too_large
 
@@ -40,6 +40,16 @@ def eligible(route: Route) -> bool:
 class PassthroughUpstream:
     def __init__(self) -> None:
         self._sessions: dict[int, aiohttp.ClientSession] = {}
+        self._pools: dict[int, http1.Pool] = {}
+
+    def _pool(self) -> http1.Pool:
+        # Whole answers go through the lean client (gateway/http1.py), one pool per event loop; streams
+        # through aiohttp's session.
+        loop_id = id(asyncio.get_running_loop())
+        pool = self._pools.get(loop_id)
+        if pool is None:
+            pool = self._pools[loop_id] = http1.Pool()
+        return pool
 
     def _session(self) -> aiohttp.ClientSession:
         # One pooled session per event loop (each worker has one loop; tests may have several). aiohttp's
@@ -61,6 +71,9 @@ class PassthroughUpstream:
         session = self._sessions.pop(loop_id, None)
         if session is not None:
             await session.close()
+        pool = self._pools.pop(loop_id, None)
+        if pool is not None:
+            pool.close()
 
     async def _request(self, route: Route, body: dict[str, Any], stream: bool) -> tuple[str, dict[str, str], bytes]:
         kwargs = providers.call_kwargs(route, {})
@@ -108,16 +121,23 @@ class PassthroughUpstream:
     async def _complete(self, route: Route, url: str, headers: dict[str, str], payload: bytes) -> dict[str, Any]:
         # A whole answer must come within UPSTREAM_TIMEOUT, not each read: a provider dripping bytes would
         # otherwise hold the request forever.
-        limit = timeout(total=True)
+        limit, cap = settings.UPSTREAM_TIMEOUT, settings.MAX_UPSTREAM_RESPONSE_BYTES
         try:
-            async with self._session().post(parsed_url(url), data=payload, headers=headers, timeout=limit) as response:
-                content = await read_capped(response, route)
-                if response.status >= 400:
-                    raise error_for_status(route, response.status, content.decode(errors="replace"),
-                                           response.headers)
-        except (aiohttp.ClientError, TimeoutError) as e:
+            async with asyncio.timeout(limit):
+                response = await self._pool().post(parsed_url(url), headers, payload,
+                                                   connect_timeout=min(limit, 10), cap=cap)
+        except http1.TooLarge:
+            raise too_large(route, cap) from None
+        except http1.ConnectionFailed as e:
+            raise connection_failed(e, route) from None
+        except TimeoutError as e:
             raise transport_error(e, route) from None
-        return parse_completion(content, route)
+        except ValueError as e:  # a header the operator configured cannot be sent (see http1.request_bytes)
+            raise UpstreamError(502, f"Provider '{route.provider_name}' has a header that cannot be sent: {e}.",
+                                code="upstream_not_configured") from None
+        if response.status >= 400:
+            raise error_for_status(route, response.status, response.body.decode(errors="replace"), response.headers)
+        return parse_completion(response.body, route)
 
     async def _stream(
         self, route: Route, url: str, headers: dict[str, str], payload: bytes
@@ -251,6 +271,14 @@ def embedded_error(error: Any, route: Route) -> UpstreamError:
         return error_for_status(route, status, orjson.dumps({"error": error}).decode(), {})
     return UpstreamError(502, f"Provider '{route.provider_name}' returned an error: {str(message)[:500]}",
                          code="upstream_error", upstream_status=502)
+
+
+def connection_failed(e: http1.ConnectionFailed, route: Route) -> UpstreamError:
+    where = f"provider '{route.provider_name}' (model '{route.public_name}')"
+    if e.refused:
+        return UpstreamError(502, f"Could not reach {where}.", code="upstream_connection_error", upstream_status=500)
+    return UpstreamError(502, f"{where} closed the connection mid-response.", code="upstream_connection_error",
+                         upstream_status=502)
 
 
 def transport_error(e: BaseException, route: Route) -> UpstreamError:
