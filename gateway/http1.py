@@ -245,6 +245,8 @@ def request_bytes(url: yarl.URL, headers: dict[str, str], body: bytes) -> bytes:
     """The request head and body, ready for one write. A CR or LF in a header (from an operator's config)
     would let it smuggle another header or request: refused."""
     host = url.raw_host or ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address
     if url.explicit_port:
         host = f"{host}:{url.port}"
     lines = [f"POST {url.raw_path_qs or '/'} HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]

@@ -142,3 +142,16 @@ def test_a_server_that_hangs_up_mid_answer_is_a_connection_failure() -> None:
         assert not caught.value.before_answer
 
     with_server(handler, test)
+
+
+@pytest.mark.parametrize(("url", "host", "target"), [
+    ("https://openrouter.ai/api/v1/chat/completions", "openrouter.ai", "/api/v1/chat/completions"),
+    ("http://127.0.0.1:1234/v1/chat/completions?x=1", "127.0.0.1:1234", "/v1/chat/completions?x=1"),
+    ("http://[::1]:1234/v1/chat/completions", "[::1]:1234", "/v1/chat/completions"),
+])
+def test_the_request_names_the_host_and_path_as_http_wants_them(url: str, host: str, target: str) -> None:
+    head, _, body = http1.request_bytes(yarl.URL(url), {"Authorization": "Bearer k"}, b"{}").partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    assert lines[0] == f"POST {target} HTTP/1.1"
+    assert f"Host: {host}" in lines and "Content-Length: 2" in lines and "Authorization: Bearer k" in lines
+    assert body == b"{}"
