@@ -36,9 +36,17 @@ def json_response(data: Any, status: int = 200) -> HttpResponse:
     return HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
 
 
+Render = Callable[[GatewayError, str], HttpResponseBase]
+
+
+def openai_error(error: GatewayError, request_id: str) -> HttpResponseBase:
+    return error.response()
+
+
 # Django's stubs type views as sync; async views are awaited by Django all the same.
-def gateway_view(*methods: str) -> Callable[[View], Any]:
-    """Method check, request id, and the guarantee that every failure is a JSON envelope."""
+def gateway_view(*methods: str, render: Render = openai_error, id_header: str = "") -> Callable[[View], Any]:
+    """Method check, request id, and the guarantee that every failure is an error envelope (OpenAI's, or the
+    one `render` makes) and every call its view began is recorded, however the view ended."""
 
     def decorator(view: View) -> View:
         @functools.wraps(view)
@@ -53,22 +61,25 @@ def gateway_view(*methods: str) -> Callable[[View], Any]:
                     )
                 response = await view(request, *args, **kwargs)
             except GatewayError as e:
-                response = e.response()
+                response = render(e, request_id)
                 # Records the call its view refused or failed (its code as is, None included).
                 finish_unfinished(request, e.status, e.code, e.message)
             except health.UNREACHABLE_ERRORS as e:
                 log.error("%s on %s: a backing service is unreachable", type(e).__name__, request.path)
                 error = health.unreachable(e)
-                response = error.response()
+                response = render(error, request_id)
                 finish_unfinished(request, error.status, error.code or "unavailable", error.message)
             except asyncio.CancelledError:
                 finish_unfinished(request, 499, "client_disconnected")
                 raise
             except Exception:
                 log.error("unhandled error on %s", request.path, exc_info=True)
-                response = GatewayError(500, "Internal error in the portal.", code="internal_error").response()
-                finish_unfinished(request, 500, "internal_error")
+                error = GatewayError(500, "Internal error in the portal.", code="internal_error")
+                response = render(error, request_id)
+                finish_unfinished(request, error.status, error.code, error.message)
             response["x-request-id"] = request_id
+            if id_header:
+                response[id_header] = request_id
             return response
 
         return wrapper

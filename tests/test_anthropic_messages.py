@@ -323,6 +323,27 @@ def test_a_client_disconnect_closes_the_upstream_stream_and_is_recorded(portal, 
     assert record.streamed and record.client_disconnected and record.error_code == "client_disconnected"
 
 
+def test_a_client_that_leaves_before_a_whole_answer_is_recorded_and_the_upstream_call_dropped(
+        portal, master_key, upstream, deployment):
+    recorder.flush()
+    UsageRecord.objects.all().delete()
+    upstream.behaviour = Behaviour(latency=10)
+    body = orjson.dumps({"model": "test-model", "max_tokens": 100, "messages": HELLO})
+    sock = socket.create_connection(("127.0.0.1", portal.port))
+    sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"x-api-key: {master_key}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    deadline = time.monotonic() + 5
+    while not upstream.requests_for("/chat/completions"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    sock.close()
+    # The answer would take 10 s; the upstream must see the portal leave within a few.
+    assert upstream.disconnected.wait(timeout=5)
+    [record] = wait_for_records(1, endpoint="messages")
+    assert (record.status, record.error_code, record.client_disconnected) == (499, "client_disconnected", True)
+    assert not record.streamed
+
+
 # --- errors ----------------------------------------------------------------------------------------------
 
 

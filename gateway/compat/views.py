@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -27,7 +25,6 @@ from gateway.upstream import UpstreamError, default_upstream
 from gateway.validation import json_body
 from gateway.views import (
     CHAT_MODES,
-    View,
     _with_keepalive,
     gateway_view,
     json_response,
@@ -37,11 +34,6 @@ from gateway.views import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def _failed(call: Call, error: GatewayError) -> None:
-    call.status, call.error_code, call.error_message = error.status, error.code, error.message
-    finish(call)
 
 
 def _internal_error() -> GatewayError:
@@ -108,61 +100,33 @@ async def translated_events(
 
 
 def anthropic_view(*methods: str) -> Any:
-    """gateway_view's guarantees (method check, request id, no unhandled error) with Anthropic's envelope."""
-
-    def decorator(view: View) -> View:
-        @functools.wraps(view)
-        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-            request_id = uuid.uuid4().hex
-            request.request_id = request_id  # type: ignore[attr-defined]
-            try:
-                if request.method not in methods:
-                    raise GatewayError(405, f"Method {request.method} is not allowed here; use {', '.join(methods)}.",
-                                       code="method_not_allowed", headers={"Allow": ", ".join(methods)})
-                response = await view(request, *args, **kwargs)
-            except GatewayError as e:
-                response = anthropic.error_response(e, request_id)
-            except Exception:
-                log.error("unhandled error on %s", request.path, exc_info=True)
-                response = anthropic.error_response(_internal_error(), request_id)
-            response["x-request-id"] = request_id
-            response["request-id"] = request_id  # where Anthropic's SDK looks for it
-            return response
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorator
+    """gateway_view's guarantees (method check, request id, every failure an envelope and every call recorded)
+    with Anthropic's envelope, and the request id where Anthropic's SDK looks for it."""
+    return gateway_view(*methods, render=anthropic.error_response, id_header="request-id")
 
 
 @anthropic_view("POST")
 async def messages(request: HttpRequest) -> HttpResponseBase:
-    call = Call.begin(request, "messages")
-    try:
-        call.principal = await authenticate(request)
-        body = json_body(request)
-        call.take_body(body)
-        parsed = anthropic.parse_request(body)
-        call.model, call.streamed = parsed.model, parsed.stream
-        routes = await routes_for(call.principal, parsed.model)
-        media.refuse_other_modes(routes, parsed.model, "messages", CHAT_MODES)
-        routes = media.routes_for_images(routes, parsed.images, parsed.model)
-        upstream = default_upstream()
-        message_id = f"msg_{call.request_id}"
-        if parsed.stream:
-            first, chunks = await router.open_stream(upstream, routes, parsed.chat, call)
-            # From here the stream's generator owns the call and finishes it.
-            stream = anthropic.MessageStream(parsed, message_id)
-            response = sse_response(translated_events(call, stream, first, chunks))
-            return with_headers(response, call.rate_headers())
-        result = await router.complete(upstream, routes, parsed.chat, call)
-        call.take_usage(result.get("usage"))
-        message = anthropic.message(result, parsed, message_id)
-    except GatewayError as e:
-        _failed(call, e)
-        raise
-    except Exception:
-        _failed(call, _internal_error())
-        raise
+    call = Call.begin(request, "messages")  # a failure below is recorded by the view wrapper
+    call.principal = await authenticate(request)
+    body = json_body(request)
+    call.take_body(body)
+    parsed = anthropic.parse_request(body)
+    call.model, call.streamed = parsed.model, parsed.stream
+    routes = await routes_for(call.principal, parsed.model)
+    media.refuse_other_modes(routes, parsed.model, "messages", CHAT_MODES)
+    routes = media.routes_for_images(routes, parsed.images, parsed.model)
+    upstream = default_upstream()
+    message_id = f"msg_{call.request_id}"
+    if parsed.stream:
+        first, chunks = await router.open_stream(upstream, routes, parsed.chat, call)
+        # From here the stream's generator owns the call and finishes it.
+        stream = anthropic.MessageStream(parsed, message_id)
+        response = sse_response(translated_events(call, stream, first, chunks))
+        return with_headers(response, call.rate_headers())
+    result = await router.complete(upstream, routes, parsed.chat, call)
+    call.take_usage(result.get("usage"))
+    message = anthropic.message(result, parsed, message_id)
     call.status = 200
     call.response_body = message
     finish(call)
@@ -185,40 +149,33 @@ async def count_tokens(request: HttpRequest) -> HttpResponse:
 
 @gateway_view("POST")
 async def create_response(request: HttpRequest) -> HttpResponseBase:
-    call = Call.begin(request, "responses")
-    try:
-        call.principal = await authenticate(request)
-        body = json_body(request)
-        call.take_body(body)
-        parsed = responses.parse_request(body)
-        call.model, call.streamed = parsed.model, parsed.stream
-        routes = await routes_for(call.principal, parsed.model)
-        media.refuse_other_modes(routes, parsed.model, "responses", CHAT_MODES)
-        routes = media.routes_for_images(routes, parsed.images, parsed.model)
-        owner = responses.owner_of(call.principal)
-        history: list[dict[str, Any]] = []
-        if parsed.previous_response_id:
-            entry = await responses.recall(parsed.previous_response_id, owner, param="previous_response_id")
-            history = entry["messages"]
-        chat = parsed.chat(history)
-        upstream = default_upstream()
-        response_id = f"resp_{call.request_id}"
-        if parsed.stream:
-            first, chunks = await router.open_stream(upstream, routes, chat, call)
-            # From here the stream's generator owns the call and finishes it.
-            stream = responses.ResponseStream(parsed, response_id, owner, history)
-            return with_headers(sse_response(translated_events(call, stream, first, chunks)), call.rate_headers())
-        result = await router.complete(upstream, routes, chat, call)
-        call.take_usage(result.get("usage"))
-        response, answer = responses.complete(parsed, result, response_id)
-        if parsed.store:
-            await responses.remember(response, owner, [*history, *parsed.input, responses.assistant_message(answer)])
-    except GatewayError as e:
-        _failed(call, e)
-        raise
-    except Exception:
-        _failed(call, _internal_error())
-        raise
+    call = Call.begin(request, "responses")  # a failure below is recorded by the view wrapper
+    call.principal = await authenticate(request)
+    body = json_body(request)
+    call.take_body(body)
+    parsed = responses.parse_request(body)
+    call.model, call.streamed = parsed.model, parsed.stream
+    routes = await routes_for(call.principal, parsed.model)
+    media.refuse_other_modes(routes, parsed.model, "responses", CHAT_MODES)
+    routes = media.routes_for_images(routes, parsed.images, parsed.model)
+    owner = responses.owner_of(call.principal)
+    history: list[dict[str, Any]] = []
+    if parsed.previous_response_id:
+        entry = await responses.recall(parsed.previous_response_id, owner, param="previous_response_id")
+        history = entry["messages"]
+    chat = parsed.chat(history)
+    upstream = default_upstream()
+    response_id = f"resp_{call.request_id}"
+    if parsed.stream:
+        first, chunks = await router.open_stream(upstream, routes, chat, call)
+        # From here the stream's generator owns the call and finishes it.
+        stream = responses.ResponseStream(parsed, response_id, owner, history)
+        return with_headers(sse_response(translated_events(call, stream, first, chunks)), call.rate_headers())
+    result = await router.complete(upstream, routes, chat, call)
+    call.take_usage(result.get("usage"))
+    response, answer = responses.complete(parsed, result, response_id)
+    if parsed.store:
+        await responses.remember(response, owner, [*history, *parsed.input, responses.assistant_message(answer)])
     call.status = 200
     call.response_body = response
     finish(call)
