@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from tests.conftest import make_deployment, make_provider
+from tests.helpers import named_events, wait_for_records
 from tests.mock_upstream import Behaviour
 from tests.personas import issue
 from tracking import recorder
@@ -47,27 +48,7 @@ def sent(upstream: Any) -> dict[str, Any]:
 
 
 def sse_events(portal: Any, key: str, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """(event name, data) of a raw stream, as the wire carries them."""
-    with httpx.stream("POST", f"{portal.url}/v1/messages", json=body, headers={"x-api-key": key},
-                      timeout=30) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        raw = response.read().decode()
-    events = []
-    for frame in raw.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in frame.split("\n"))
-        events.append((lines["event"], orjson.loads(lines["data"])))
-    return events
-
-
-def wait_for_records(count: int, **filters: Any) -> list[UsageRecord]:
-    deadline = time.monotonic() + 10
-    while True:
-        recorder.flush()
-        rows = list(UsageRecord.objects.filter(**filters).order_by("created", "id"))
-        if len(rows) >= count or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
+    return named_events(f"{portal.url}/v1/messages", {"x-api-key": key}, body)
 
 
 # --- answers ---------------------------------------------------------------------------------------------

@@ -6,13 +6,13 @@ import base64
 import time
 from typing import Any
 
-import httpx
 import openai
 import orjson
 import pytest
 
 from gateway.auth import KeyLimits
 from tests.conftest import make_deployment, make_provider
+from tests.helpers import named_events, wait_for_records
 from tests.mock_upstream import Behaviour
 from tests.personas import issue
 from tracking import recorder
@@ -44,26 +44,7 @@ def sdk(portal: Any, key: str) -> openai.OpenAI:
 
 
 def sse_events(portal: Any, key: str, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    with httpx.stream("POST", f"{portal.url}/v1/responses", json={**body, "stream": True},
-                      headers={"Authorization": f"Bearer {key}"}, timeout=30) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        raw = response.read().decode()
-    events = []
-    for frame in raw.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in frame.split("\n"))
-        events.append((lines["event"], orjson.loads(lines["data"])))
-    return events
-
-
-def wait_for_records(count: int, **filters: Any) -> list[UsageRecord]:
-    deadline = time.monotonic() + 10
-    while True:
-        recorder.flush()
-        rows = list(UsageRecord.objects.filter(**filters).order_by("created", "id"))
-        if len(rows) >= count or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
+    return named_events(f"{portal.url}/v1/responses", {"Authorization": f"Bearer {key}"}, {**body, "stream": True})
 
 
 # --- answers ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import openai
 import orjson
 import pytest
 
+from tests.helpers import wait_for_records
 from tests.mock_upstream import Behaviour
 from tracking import recorder
 from tracking.models import BodyLoggingRule, UsageRecord
@@ -20,17 +21,6 @@ from tracking.models import BodyLoggingRule, UsageRecord
 def no_records(portal: Any) -> None:
     recorder.flush()
     UsageRecord.objects.all().delete()
-
-
-def wait_for_records(count: int, timeout: float = 10.0, **filters: Any) -> list[UsageRecord]:
-    """Records are written by a background thread: wait until `count` exist (and check there are no more)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        recorder.flush()
-        rows = list(UsageRecord.objects.filter(**filters).order_by("created", "id"))
-        if len(rows) >= count or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.05)
 
 
 def chat(client: openai.OpenAI, **kwargs: Any) -> Any:
