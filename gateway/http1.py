@@ -96,11 +96,11 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self.closed = True
-        if self.exchange is not None and not self.exchange.future.done():
-            try:
-                self.parser.feed_eof()  # an answer delimited by the end of the connection completes here
-            except httptools.HttpParserError:
-                pass
+        exchange = self.exchange
+        if exchange is not None and not exchange.future.done() and exchange.status and not exchange.too_large \
+                and "content-length" not in exchange.headers and "transfer-encoding" not in exchange.headers:
+            # An answer without a length is delimited by the end of the connection (httptools has no feed_eof).
+            exchange.future.set_result(Response(exchange.status, exchange.headers, b"".join(exchange.chunks)))
         self._fail(ConnectionFailed("The upstream closed the connection mid-answer.",
                                     before_answer=self.exchange is not None and not self.exchange.received))
         return False
