@@ -164,16 +164,16 @@ class PassthroughUpstream:
                 response.close()
 
 
-def timeout(total: bool = False) -> aiohttp.ClientTimeout:
-    """UPSTREAM_TIMEOUT for each read, and with `total` for the whole exchange (a stream has no total: its
-    silences are bounded by STREAM_IDLE_TIMEOUT instead)."""
+def timeout() -> aiohttp.ClientTimeout:
+    """A stream's timeouts: UPSTREAM_TIMEOUT to connect and for each read (a stream has no total: its silences
+    are bounded by STREAM_IDLE_TIMEOUT instead). Whole answers have theirs in `_complete`."""
     # The setting is read per request, so a change applies without rebuilding the pooled session.
-    return _timeout(settings.UPSTREAM_TIMEOUT, total)
+    return _timeout(settings.UPSTREAM_TIMEOUT)
 
 
 @functools.lru_cache(maxsize=64)
-def _timeout(limit: float, total: bool) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=limit if total else None, sock_connect=min(limit, 10), sock_read=limit)
+def _timeout(limit: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=None, sock_connect=min(limit, 10), sock_read=limit)
 
 
 @functools.lru_cache(maxsize=1024)
