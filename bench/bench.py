@@ -19,7 +19,6 @@ import asyncio
 import datetime as dt
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from bench.procs import (  # noqa: E402
     free_port,
     load_average,
     memory_of_tree,
+    supervised,
 )
 
 PYTHON = sys.executable
@@ -541,21 +541,11 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM ends the run like Ctrl-C does: through the finally below, which stops every child.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        results = run(plan, args, children, run_dir)
+        with supervised(children, run_dir, args.keep):
+            results = run(plan, args, children, run_dir)
     except KeyboardInterrupt:
-        print("\ninterrupted: stopping every process the benchmark started", file=sys.stderr)
+        print("\ninterrupted: every process the benchmark started was stopped", file=sys.stderr)
         return 130
-    except BaseException:
-        for child in children.started:
-            if not child.alive():
-                print(f"--- {child.name} exited early; its log ends:\n{child.tail()}", file=sys.stderr)
-        raise
-    finally:
-        children.stop_all()
-        if args.keep:
-            print(f"run directory kept: {run_dir}")
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)
     latest = write_results(results, Path(args.output_dir))
     print()
     print(report.markdown(results))

@@ -15,6 +15,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -197,3 +198,27 @@ def cpu_seconds_of_tree(pid: int) -> float:
             fields = stat[stat.rindex(")") + 2 :].split()
             ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def supervised(children: Children, run_dir: Path, keep: bool) -> Iterator[None]:
+    """Run a benchmark's body: on a failure, show the log of any child that died early; in every case stop
+    every child and remove the run directory (unless `keep`)."""
+    import shutil
+    import sys
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        for child in children.started:
+            if not child.alive():
+                print(f"--- {child.name} exited early; its log ends:\n{child.tail()}", file=sys.stderr)
+        raise
+    finally:
+        children.stop_all()
+        if keep:
+            print(f"run directory kept: {run_dir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import shutil
 import signal
 import sys
 import tempfile
@@ -347,14 +346,14 @@ def most(snapshots: list[Snapshot]) -> Snapshot:
 
 def run(args: argparse.Namespace) -> int:
     from bench.bench import portal_env, run_django
-    from bench.procs import Children, cpu_seconds_of_tree, free_port, load_average
+    from bench.procs import Children, cpu_seconds_of_tree, free_port, load_average, supervised
 
     run_dir = Path(tempfile.mkdtemp(prefix="portal-soak-"))
     children = Children(ROOT, run_dir)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     run_id = secrets.token_hex(6)
     tally = Tally()
-    try:
+    with supervised(children, run_dir, args.keep):
         mock_port = free_port()
         mock = children.start("mock", [PYTHON, str(Path(__file__)), "mock", "--port", str(mock_port)],
                               {**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -420,17 +419,6 @@ def run(args: argparse.Namespace) -> int:
         (out / f"soak-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json").write_bytes(
             orjson.dumps(report, option=orjson.OPT_INDENT_2))
         return 0 if all(ok for _, ok, _ in checks) else 1
-    except BaseException:
-        for child in children.started:
-            if not child.alive():
-                print(f"--- {child.name} exited early; its log ends:\n{child.tail()}", file=sys.stderr)
-        raise
-    finally:
-        children.stop_all()
-        if args.keep:
-            print(f"run directory kept: {run_dir}")
-        else:
-            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def print_report(report: dict[str, Any], checks: list[tuple[str, bool, str]]) -> None:
