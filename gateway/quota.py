@@ -141,6 +141,7 @@ class Outcome:
     retry_after: float = 0.0
     cooling: bool = False
     missing: int | None = None  # index of a fixed counter the store has no value for (seed and retry)
+    at_ms: int = 0  # when it was counted (admitted only): its per-minute buckets are that second's
 
 
 @dataclass(frozen=True)
@@ -173,18 +174,14 @@ class Store(Protocol):
 
 # --- Redis store -----------------------------------------------------------------------------------------
 
-# KEYS: cooldown key (or a dummy), then one key per check.
-# ARGV: now_ms, then "kind,limit,cost,window;..." per check: kind "s" sliding / "f" fixed, window_ms|reset_ms.
-# Returns {1, used..., resets...} when admitted, {0, index, used, retry_ms} when refused by check `index`,
-# {0, 0, 0, ms_left} when the deployment is parked, {-1, index} when a fixed counter is missing.
 ACQUIRE_LUA = """
+-- KEYS: every key the batch touches, once each. ARGV[1]: now_ms. ARGV[2...]: one request each,
+-- "cool;kind,limit,cost,window,key;..." with cool and key indexes into KEYS (cool 0: no cooldown key);
+-- kind "s" sliding / "f" fixed; window is the window's length (sliding) or its reset time in ms (fixed).
+-- The requests are answered in order, as if each ran alone at `now`, one reply per request:
+-- {1, used..., resets...} when admitted, {0, index, used, retry_ms} when refused by check `index`,
+-- {0, 0, 0, ms_left} when the deployment is parked, {-1, index} when a fixed counter is missing.
 local now = tonumber(ARGV[1])
-local n = #KEYS - 1
-if KEYS[1] ~= '' then
-  -- A parked deployment: the key holds "until" in our clock (which tests can move), not Redis' own.
-  local parked = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if parked > now then return {0, 0, 0, parked - now} end
-end
 local second = math.floor(now / 1000)
 -- A per-minute window is a hash of one-second buckets plus two fields: 't', the sum of the live buckets,
 -- and 'o', the oldest live bucket. A bucket counts until its end plus the window (never early). Each check
@@ -207,10 +204,13 @@ local function rebuild(key, stale)
   if #gone > 0 then redis.call('HDEL', key, unpack(gone)) end
   return total, oldest
 end
-local function window(key, w)
+-- A window as this batch sees it: read (and its expired buckets dropped) once, however many requests of the
+-- batch count against it; what they add is written once, at the end.
+local function load(key, w)
   local stale = math.floor((now - w) / 1000) - 1  -- buckets up to this second no longer count
   local state = redis.call('HMGET', key, 't', 'o')
-  local total, oldest = tonumber(state[1]), tonumber(state[2])
+  local stored_total, stored_oldest = tonumber(state[1]), tonumber(state[2])
+  local total, oldest = stored_total, stored_oldest
   if not total or (oldest and stale - oldest > 120) then
     total, oldest = rebuild(key, stale)  -- new, or left long ago (or the clock jumped): read it whole
   elseif oldest and oldest <= stale then
@@ -231,77 +231,92 @@ local function window(key, w)
     end
   end
   if total <= 0 then total, oldest = 0, nil end
-  return total, oldest, total ~= tonumber(state[1]) or oldest ~= tonumber(state[2])
+  return {total = total, oldest = oldest, stored_total = stored_total, stored_oldest = stored_oldest,
+          w = w, added = 0, counted = false}
 end
--- Write a window's total and oldest bucket back when its buckets changed but this request is refused (an
--- admitted request writes them as it counts itself).
-local function keep(key, total, oldest)
-  if oldest then redis.call('HSET', key, 't', total, 'o', oldest) else
-    redis.call('DEL', key)  -- nothing counts any more (and a key is never left without its expiry)
-  end
-end
-local kept = {}
-local function refuse(upto, reply)
-  for j = 1, upto do
-    if kept[j] then keep(KEYS[j + 1], kept[j][1], kept[j][2]) end
-  end
-  return reply
-end
--- The checks come packed in one argument ("kind,limit,cost,window;..."): encoding a command's arguments is
--- most of the client's cost per call, and this keeps them at two whatever the number of limits.
-local specs = {}
-for kind, limit, cost, w in string.gmatch(ARGV[2], '(%a),(%d+),(%d+),(%d+)') do
-  specs[#specs + 1] = {kind, tonumber(limit), tonumber(cost), tonumber(w)}
-end
-local used, resets, oldests = {}, {}, {}
-for i = 1, n do
-  local kind, limit, cost, w = specs[i][1], specs[i][2], specs[i][3], specs[i][4]
-  local key = KEYS[i + 1]
-  local u = 0
-  if kind == 's' then
-    local oldest, changed
-    u, oldest, changed = window(key, w)
-    oldests[i] = oldest
-    if changed then kept[i] = {u, oldest} end
-    if u + cost > limit then
-      -- When enough of the oldest buckets stop counting for this request to fit.
-      local need, freed, retry = u + cost - limit, 0, w
-      if oldest then
-        for bucket = oldest, second + 1 do
-          freed = freed + tonumber(redis.call('HGET', key, bucket) or '0')
-          if freed >= need then retry = (bucket + 1) * 1000 + w - now break end
-        end
-      end
-      return refuse(i, {0, i, u, retry})
+local windows, counters, parked = {}, {}, {}
+-- When enough of a window's oldest buckets stop counting for `cost` more to fit.
+local function retry_in(key, win, cost, limit)
+  local need, freed = win.total + cost - limit, 0
+  if win.oldest then
+    for bucket = win.oldest, second + 1 do
+      freed = freed + tonumber(redis.call('HGET', key, bucket) or '0')
+      if bucket == second then freed = freed + win.added end  -- counted by this batch, not written yet
+      if freed >= need then return (bucket + 1) * 1000 + win.w - now end
     end
-    resets[i] = 0
-    if oldest then resets[i] = (oldest + 1) * 1000 + w - now end
-  else
-    local v = redis.call('GET', key)
-    if not v then return refuse(i, {-1, i}) end
-    u = tonumber(v)
-    if u + cost > limit then return refuse(i, {0, i, u, w - now}) end
-    resets[i] = w - now
   end
-  used[i] = u
+  return win.w
 end
-for i = 1, n do
-  local kind, cost, w = specs[i][1], specs[i][3], specs[i][4]
-  local key = KEYS[i + 1]
-  if kind == 's' then
-    local oldest = oldests[i]
-    if not oldest or second < oldest then oldest = second end
+local function answer(request)
+  local cool = tonumber(string.match(request, '^(%d+)'))
+  if cool > 0 then
+    if parked[cool] == nil then parked[cool] = tonumber(redis.call('GET', KEYS[cool]) or '0') end
+    -- The key holds "until" in our clock (which tests can move), not Redis' own.
+    if parked[cool] > now then return {0, 0, 0, parked[cool] - now} end
+  end
+  local checks, used, resets = {}, {}, {}
+  for kind, limit, cost, w, k in string.gmatch(request, '(%a),(%d+),(%d+),(%d+),(%d+)') do
+    local i = #checks + 1
+    limit, cost, w, k = tonumber(limit), tonumber(cost), tonumber(w), tonumber(k)
+    checks[i] = {kind, cost, k}
+    if kind == 's' then
+      local win = windows[k]
+      if not win then win = load(KEYS[k], w) windows[k] = win end
+      if win.total + cost > limit then return {0, i, win.total, retry_in(KEYS[k], win, cost, limit)} end
+      used[i] = win.total
+      resets[i] = 0
+      if win.oldest then resets[i] = (win.oldest + 1) * 1000 + w - now end
+    else
+      local counter = counters[k]
+      if counter == nil then
+        local v = redis.call('GET', KEYS[k])
+        counter = v and {value = tonumber(v), added = 0} or false
+        counters[k] = counter
+      end
+      if not counter then return {-1, i} end
+      if counter.value + cost > limit then return {0, i, counter.value, w - now} end
+      used[i] = counter.value
+      resets[i] = w - now
+    end
+  end
+  -- Every limit has room: count the request in all of them.
+  for _, check in ipairs(checks) do
+    local kind, cost, k = check[1], check[2], check[3]
+    if kind == 's' then
+      local win = windows[k]
+      win.total = win.total + cost
+      win.added = win.added + cost
+      win.counted = true
+      if not win.oldest or second < win.oldest then win.oldest = second end
+    else
+      counters[k].value = counters[k].value + cost
+      counters[k].added = counters[k].added + cost
+    end
+  end
+  local out = {1}
+  for i = 1, #checks do out[#out + 1] = used[i] end
+  for i = 1, #checks do out[#out + 1] = resets[i] end
+  return out
+end
+local replies = {}
+for r = 2, #ARGV do replies[r - 1] = answer(ARGV[r]) end
+for k, win in pairs(windows) do
+  local key = KEYS[k]
+  if win.counted then
     -- The key outlives its newest bucket's window: refreshed when a second's bucket is started.
-    if redis.call('HINCRBY', key, second, cost) == cost then redis.call('PEXPIRE', key, w + 2000) end
-    redis.call('HSET', key, 't', used[i] + cost, 'o', oldest)
-  else
-    redis.call('INCRBY', key, cost)
+    if redis.call('HINCRBY', key, second, win.added) == win.added then redis.call('PEXPIRE', key, win.w + 2000) end
+    redis.call('HSET', key, 't', win.total, 'o', win.oldest)
+  elseif win.total ~= win.stored_total or win.oldest ~= win.stored_oldest then
+    -- Expired buckets were dropped but nothing was counted: keep the total and oldest bucket in step.
+    if win.oldest then redis.call('HSET', key, 't', win.total, 'o', win.oldest) else
+      redis.call('DEL', key)  -- nothing counts any more (and a key is never left without its expiry)
+    end
   end
 end
-local out = {1}
-for i = 1, n do out[#out + 1] = used[i] end
-for i = 1, n do out[#out + 1] = resets[i] end
-return out
+for k, counter in pairs(counters) do
+  if counter and counter.added > 0 then redis.call('INCRBY', KEYS[k], counter.added) end
+end
+return replies
 """
 
 # KEYS: one per correction (a key may repeat). ARGV: "kind,bucket,delta;..." packed in one argument.
@@ -333,6 +348,8 @@ class _LoopState:
         self.pending: dict[tuple[str, bool, int], int] = {}
         self.flush_scheduled = False
         self.flushing: asyncio.Task[None] | None = None
+        # Admissions asked for in this turn of the loop, answered together by one script call.
+        self.waiting: list[tuple[list[Check], str | None, int, asyncio.Future[Any]]] = []
 
 
 class RedisStore:
@@ -357,10 +374,28 @@ class RedisStore:
         return self._sync
 
     async def acquire(self, checks: list[Check], now_ms: int, cooldown_key: str | None) -> Outcome:
-        packed = ";".join(f"{c.limit.spec}{c.cost},{c.window_ms}" for c in checks)
-        keys = [cooldown_key or "", *[c.key for c in checks]]
-        reply = await self._state().client.run(ACQUIRE_SCRIPT, keys, [now_ms, packed])
-        return _outcome(checks, reply)
+        state = self._state()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not state.waiting:
+            future.get_loop().call_soon(self._send_batch, state)
+        state.waiting.append((checks, cooldown_key, now_ms, future))
+        at_ms, reply = await future
+        return _outcome(checks, reply, at_ms)
+
+    def _send_batch(self, state: _LoopState) -> None:
+        """One script call answers every admission asked for in the last turn of the loop. Under load a worker
+        takes many requests per turn, mostly against the same deployment and key: the script reads each
+        counter once for all of them and writes it once, so Redis' work per request falls as the load rises
+        (and with it the CPU that the quota checks take from a busy machine)."""
+        batch, state.waiting = state.waiting, []
+        keys: dict[str, int] = {}
+        now_ms = max(entry[2] for entry in batch)  # the batch is counted at one time: the latest asked for
+        args: list[Any] = [now_ms]
+        for checks, cool, _, _ in batch:
+            parts = [str(keys.setdefault(cool, len(keys) + 1)) if cool else "0"]
+            parts += [f"{c.limit.spec}{c.cost},{c.window_ms},{keys.setdefault(c.key, len(keys) + 1)}" for c in checks]
+            args.append(";".join(parts))
+        state.client.run_now(ACQUIRE_SCRIPT, list(keys), args, functools.partial(_answer_batch, batch, now_ms))
 
     async def seed(self, key: str, value: int, expire_at_ms: int) -> None:
         await self._state().client.call("SET", key, value, "NX", "PXAT", expire_at_ms + FIXED_GRACE_MS)
@@ -447,10 +482,21 @@ ACQUIRE_SCRIPT = resp.Script(ACQUIRE_LUA)
 ADJUST_SCRIPT = resp.Script(ADJUST_LUA)
 
 
-def _outcome(checks: list[Check], reply: list[int]) -> Outcome:
+def _answer_batch(batch: list[tuple[list[Check], str | None, int, asyncio.Future[Any]]], now_ms: int,
+                  replies: Any) -> None:
+    for i, (_, _, _, future) in enumerate(batch):
+        if future.done():
+            continue  # its caller gave up (the client left)
+        if isinstance(replies, BaseException):
+            future.set_exception(replies)
+        else:
+            future.set_result((now_ms, replies[i]))
+
+
+def _outcome(checks: list[Check], reply: list[int], at_ms: int) -> Outcome:
     if reply[0] == 1:
         n = len(checks)
-        return Outcome(True, used=reply[1 : 1 + n], resets_ms=reply[1 + n : 1 + 2 * n])
+        return Outcome(True, used=reply[1 : 1 + n], resets_ms=reply[1 + n : 1 + 2 * n], at_ms=at_ms)
     if reply[0] == -1:
         return Outcome(False, missing=reply[1] - 1)
     if reply[1] == 0:
@@ -514,7 +560,7 @@ class MemoryStore:
             else:
                 value, expires = self.fixed[c.key]
                 self.fixed[c.key] = (value + c.cost, expires)
-        return Outcome(True, used=used, resets_ms=resets)
+        return Outcome(True, used=used, resets_ms=resets, at_ms=now_ms)
 
     async def seed(self, key: str, value: int, expire_at_ms: int) -> None:
         with self.lock:
@@ -735,7 +781,7 @@ async def try_admit(limits: list[Limit], deployment_id: int | None, tokens: int)
     for c in checks:
         if c.day is not None:
             ledger.add(c.durable_key, c.day, c.cost)
-    return Admission(int(now), checks, outcome, tokens)
+    return Admission(outcome.at_ms // 1000, checks, outcome, tokens)
 
 
 def settle(admission: Admission, actual_tokens: int | None) -> None:

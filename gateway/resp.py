@@ -18,10 +18,13 @@ import asyncio
 import hashlib
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import redis.exceptions
 from redis.asyncio.connection import SSLConnection, parse_url
+
+OnReply = Callable[[Any], None]  # called with the reply, or with the exception that stands for it
 
 
 class _Incomplete(Exception):
@@ -83,7 +86,7 @@ class _Connection(asyncio.Protocol):
         self.timeout = timeout
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.waiters: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self.waiters: deque[tuple[asyncio.Future[Any] | OnReply, float]] = deque()
         self.outgoing: list[bytes] = []
         self.closed = False
         self.loop = asyncio.get_running_loop()
@@ -100,13 +103,17 @@ class _Connection(asyncio.Protocol):
         try:
             while self.waiters:
                 value, pos = parse(self.buffer, pos)
-                future, _ = self.waiters.popleft()
-                if future.done():
-                    continue  # its caller gave up (cancelled); the reply still had to be consumed in order
+                waiter, _ = self.waiters.popleft()
                 if isinstance(value, _Error):
-                    future.set_exception(redis.exceptions.ResponseError(value.message))
+                    value = redis.exceptions.ResponseError(value.message)
+                if not isinstance(waiter, asyncio.Future):
+                    waiter(value)  # a callback: called here, a turn of the loop sooner than a future's
+                elif waiter.done():
+                    continue  # its caller gave up (cancelled); the reply still had to be consumed in order
+                elif isinstance(value, Exception):
+                    waiter.set_exception(value)
                 else:
-                    future.set_result(value)
+                    waiter.set_result(value)
         except _Incomplete:
             pass
         except redis.exceptions.ConnectionError as e:
@@ -130,8 +137,18 @@ class _Connection(asyncio.Protocol):
         self.outgoing.append(payload)
         return future
 
+    def request_now(self, payload: bytes, on_reply: OnReply) -> None:
+        """Write a command at once (after any queued before it), for a caller that already runs at the end of
+        the loop's turn; `on_reply` gets the reply, or the exception, as soon as it is read."""
+        if self.closed or self.transport is None:
+            on_reply(redis.exceptions.ConnectionError("The connection to Redis is closed."))
+            return
+        self.waiters.append((on_reply, self.loop.time()))
+        self.outgoing.append(payload)
+        self._send()
+
     def _send(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.outgoing and self.transport is not None and not self.closed:
             self.transport.write(b"".join(self.outgoing))
         self.outgoing.clear()
 
@@ -149,11 +166,17 @@ class _Connection(asyncio.Protocol):
         if self.watchdog is not None:
             self.watchdog.cancel()
         while self.waiters:
-            future, _ = self.waiters.popleft()
-            if not future.done():
-                future.set_exception(error)
+            waiter, _ = self.waiters.popleft()
+            if not isinstance(waiter, asyncio.Future):
+                waiter(error)
+            elif not waiter.done():
+                waiter.set_exception(error)
         if self.transport is not None:
             self.transport.abort()
+
+
+def _deliver(done: asyncio.Future[Any], on_reply: OnReply) -> None:
+    on_reply(asyncio.CancelledError() if done.cancelled() else done.exception() or done.result())
 
 
 class Script:
@@ -195,6 +218,24 @@ class Client:
             if not str(e).startswith("NOSCRIPT"):
                 raise
             return await self.call("EVAL", script.source, len(keys), *keys, *args)
+
+    def run_now(self, script: Script, keys: list[str], args: list[Any], on_reply: OnReply) -> None:
+        """run(), from a loop callback, with no task in between: on a live connection the command is written
+        before this returns and `on_reply` is called as the reply is read (with the reply, or the exception).
+        The NOSCRIPT fallback and a first connect take the async path."""
+        connection = self._connection
+        if connection is None or connection.closed:
+            asyncio.ensure_future(self.run(script, keys, args)).add_done_callback(lambda f: _deliver(f, on_reply))
+            return
+
+        def first(reply: Any) -> None:
+            if isinstance(reply, redis.exceptions.ResponseError) and str(reply).startswith("NOSCRIPT"):
+                retry = asyncio.ensure_future(self.call("EVAL", script.source, len(keys), *keys, *args))
+                retry.add_done_callback(lambda f: _deliver(f, on_reply))
+            else:
+                on_reply(reply)
+
+        connection.request_now(encode(("EVALSHA", script.sha, len(keys), *keys, *args)), first)
 
     async def aclose(self) -> None:
         if self._connection is not None:

@@ -193,7 +193,9 @@ STEPS = [0, 100, 300, 700, 1000, 1500, 2500, 5000, 30_000, 59_700, 60_300, 61_00
 @needs_redis
 def test_the_redis_store_and_the_in_process_store_agree_step_by_step(settings) -> None:
     """The same random sequence of checks, corrections and clock steps gives the same answers from the Lua
-    script and from the in-process store (the embedded default): used, reset times, refusals, retry delays."""
+    script and from the in-process store (the embedded default): used, reset times, refusals, retry delays.
+    Requests come one at a time and in bursts: a burst is answered by one script call on Redis, request
+    after request on the in-process store, and the answers must still be the same."""
     import random
     import uuid
 
@@ -201,36 +203,56 @@ def test_the_redis_store_and_the_in_process_store_agree_step_by_step(settings) -
 
     settings.REDIS_URL = REDIS_URL
     scope = uuid.uuid4().hex
-    limits = [Limit("deployment", scope, "test", "rpm", 12), Limit("deployment", scope, "test", "tpm", 900),
-              Limit("key", scope, "test", "rpd", 150)]
+    key_limits = [Limit("key", scope, "test", "rpd", 150), Limit("key", scope, "test", "rpm", 20)]
+    plans = [  # two deployments behind one key: a burst mixes requests that share some counters, not all
+        [Limit("deployment", scope, "test", "rpm", 12), Limit("deployment", scope, "test", "tpm", 900), *key_limits],
+        [Limit("deployment", scope + "b", "test", "rpm", 7), *key_limits],
+    ]
+    cooldowns = [f"q:cool:{scope}", f"q:cool:{scope}b"]
     rng = random.Random(20261127)
 
-    async def main() -> list[tuple[object, ...]]:
+    async def main() -> tuple[list[tuple[object, ...]], int, int]:
         stores = [RedisStore(REDIS_URL), MemoryStore()]
         now_ms = 1_800_000_000_000
         answers = []
+        bursts = calls = 0
         try:
             for store in stores:
-                for check in build_checks(limits, 1, 1, now_ms / 1000):
-                    if check.day is not None:
-                        await store.seed(check.key, 0, check.window_ms)
+                for limits in plans:
+                    for check in build_checks(limits, 1, 1, now_ms / 1000):
+                        if check.day is not None:
+                            await store.seed(check.key, 0, check.window_ms)
             for _ in range(1500):
                 # Mostly small steps, so the minute fills and its oldest buckets expire one by one; now and
                 # then a jump to just before, at or after a window's end, or far beyond it.
                 step = rng.choices(STEPS, weights=[len(STEPS) if s < 10_000 else 1 for s in STEPS])[0]
                 now_ms += step
-                tokens = rng.randint(1, 160)
-                checks = build_checks(limits, 1, tokens, now_ms / 1000)
-                outcomes = [await store.acquire(checks, now_ms, None) for store in stores]
-                answers.append(tuple((o.admitted, o.used, o.resets_ms, round(o.retry_after, 3),
-                                      o.check.limit.name if o.check else None) for o in outcomes))
-                if outcomes[0].admitted and rng.random() < 0.6:
-                    delta = rng.randint(-tokens + 1, 40)
-                    corrections = [Correction(c.key, c.limit.sliding, now_ms // 1000, delta)
-                                   for c in checks if c.limit.unit == "tokens"]
+                if rng.random() < 0.02:  # a deployment is parked for a few seconds
                     for store in stores:
-                        store.correct(corrections)
-                        await store.flush()
+                        await store.park(cooldowns[1], now_ms + 3000, now_ms)
+                burst = []
+                same = rng.randrange(len(plans)) if rng.random() < 0.3 else None  # a burst on one deployment
+                for _ in range(rng.choice([1, 1, 1, 2, 3, 6, 10])):
+                    which = rng.randrange(len(plans)) if same is None else same
+                    tokens = rng.randint(1, 160)
+                    burst.append((which, tokens, build_checks(plans[which], 1, tokens, now_ms / 1000)))
+                bursts += 1
+                before = script_calls()
+                redis_outcomes = await asyncio.gather(
+                    *(stores[0].acquire(checks, now_ms, cooldowns[which]) for which, _, checks in burst))
+                calls += script_calls() - before
+                memory_outcomes = [await stores[1].acquire(checks, now_ms, cooldowns[which])
+                                   for which, _, checks in burst]
+                for (_, tokens, checks), *outcomes in zip(burst, redis_outcomes, memory_outcomes, strict=True):
+                    answers.append(tuple((o.admitted, o.used, o.resets_ms, round(o.retry_after, 3), o.cooling,
+                                          o.check.limit.name if o.check else None, o.at_ms) for o in outcomes))
+                    if outcomes[0].admitted and rng.random() < 0.6:
+                        delta = rng.randint(-tokens + 1, 40)
+                        corrections = [Correction(c.key, c.limit.sliding, now_ms // 1000, delta)
+                                       for c in checks if c.limit.unit == "tokens"]
+                        for store in stores:
+                            store.correct(corrections)
+                            await store.flush()
             # Every counter the script left behind expires by itself.
             check = redis.Redis.from_url(REDIS_URL)
             answers.append(tuple(sorted({check.pttl(key) > 0 for key in check.scan_iter(f"q:*{scope}*")})))
@@ -241,10 +263,53 @@ def test_the_redis_store_and_the_in_process_store_agree_step_by_step(settings) -
                 cleanup.delete(key)
             cleanup.close()
             await stores[0].aclose()
-        return answers
+        return answers, bursts, calls
 
-    answers = run(main())
+    answers, bursts, calls = run(main())
     assert answers.pop() == (True,)
     assert sum(1 for redis_answer, _ in answers if not redis_answer[0]) > 20  # refusals were exercised too
+    assert sum(1 for redis_answer, _ in answers if redis_answer[4]) > 5  # and parked deployments
     mismatches = [(i, a, b) for i, (a, b) in enumerate(answers) if a != b]
     assert mismatches == []
+    # One script call per burst, however many requests it held (one more when Redis had to be sent the script).
+    assert len(answers) > bursts * 1.5
+    assert bursts <= calls <= bursts + 1
+
+
+def script_calls() -> int:
+    """Script calls Redis has answered so far (EVALSHA and EVAL), from INFO commandstats."""
+    client = redis.Redis.from_url(REDIS_URL)
+    stats = client.info("commandstats")
+    client.close()
+    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
+
+
+@needs_redis
+def test_a_request_refused_in_the_burst_that_filled_the_window_waits_for_that_burst_to_expire(settings) -> None:
+    """The burst's own requests are not in Redis yet when the script works out the refused one's retry delay."""
+    import uuid
+
+    from gateway.quota import Limit, MemoryStore, RedisStore, build_checks
+
+    settings.REDIS_URL = REDIS_URL
+    scope = uuid.uuid4().hex
+    limits = [Limit("deployment", scope, "test", "rpm", 3)]
+    now_ms = 1_800_000_000_400
+
+    async def main() -> tuple[list[tuple[bool, float]], list[tuple[bool, float]]]:
+        redis_store, memory_store = RedisStore(REDIS_URL), MemoryStore()
+        checks = build_checks(limits, 1, 1, now_ms / 1000)
+        try:
+            together = await asyncio.gather(*(redis_store.acquire(checks, now_ms, None) for _ in range(5)))
+        finally:
+            cleanup = redis.Redis.from_url(REDIS_URL)
+            for key in cleanup.scan_iter(f"q:*{scope}*"):
+                cleanup.delete(key)
+            cleanup.close()
+            await redis_store.aclose()
+        one_by_one = [await memory_store.acquire(checks, now_ms, None) for _ in range(5)]
+        return ([(o.admitted, o.retry_after) for o in together], [(o.admitted, o.retry_after) for o in one_by_one])
+
+    together, one_by_one = run(main())
+    # Counted in second 1_800_000_000, which stops counting a minute after it ends: 60.6 s from now.
+    assert together == one_by_one == [(True, 0.0)] * 3 + [(False, 60.6)] * 2
