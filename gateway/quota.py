@@ -23,6 +23,7 @@ import logging
 import math
 import threading
 import zoneinfo
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -82,15 +83,21 @@ _windows: dict[tuple[str, str], tuple[float, float, dt.date]] = {}
 
 def window(limit: Limit, now: float) -> tuple[dt.date, float]:
     """The fixed window containing `now`: its first day and the unix time it resets."""
+    start, _, reset_at = window_span(limit, now)
+    return start, reset_at
+
+
+def window_span(limit: Limit, now: float) -> tuple[dt.date, float, float]:
+    """The fixed window containing `now`: its first day, and the unix times it began and resets."""
     held = _windows.get((limit.tz, limit.period))
     if held is not None and held[0] <= now < held[1]:
-        return held[2], held[1]
+        return held[2], held[0], held[1]
     start, reset_at = _window(limit, now)
     tz = zoneinfo.ZoneInfo(limit.tz)
     begins = dt.datetime.combine(start, dt.time(), tz).timestamp()
     if begins <= now < reset_at:  # a moved test clock may go backwards: only remember a consistent window
         _windows[(limit.tz, limit.period)] = (begins, reset_at, start)
-    return start, reset_at
+    return start, begins, reset_at
 
 
 def _window(limit: Limit, now: float) -> tuple[dt.date, float]:
@@ -105,11 +112,10 @@ def _window(limit: Limit, now: float) -> tuple[dt.date, float]:
     return start, nxt.timestamp()
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Check:
     limit: Limit
     key: str
-    cost: int
     window_ms: int  # sliding: window length; fixed: reset time (unix ms)
     day: dt.date | None = None
 
@@ -117,17 +123,63 @@ class Check:
     def durable_key(self) -> str:
         return self.limit.base_key
 
+    def cost(self, tokens: int) -> int:
+        """What one request of `tokens` (estimated) tokens counts against this limit."""
+        return 1 if self.limit.unit == "requests" else tokens
 
-def build_checks(limits: list[Limit], requests: int, tokens: int, now: float) -> list[Check]:
-    checks = []
-    for limit in limits:
-        cost = requests if limit.unit == "requests" else tokens
-        if limit.sliding:
-            checks.append(Check(limit, f"q:{limit.base_key}", cost, MINUTE_MS))
-        else:
-            day, reset_at = window(limit, now)
-            checks.append(Check(limit, f"q:{limit.base_key}:{day.isoformat()}", cost, int(reset_at * 1000), day))
-    return checks
+
+class Plan:
+    """Every check one request makes on one deployment (its own limits, its pool's, the key's) in the windows
+    of now. Built once and reused by every request until a daily or monthly window rolls over: a request only
+    adds its token estimate."""
+
+    __slots__ = ("begins", "checks", "cooldown", "ends", "fixed", "keys", "spec", "tokens", "units")
+
+    def __init__(self, limits: Sequence[Limit], now: float, cooldown: str | None = None) -> None:
+        checks = []
+        self.begins, self.ends = -math.inf, math.inf  # when the windows of every fixed check hold
+        for limit in limits:
+            if limit.sliding:
+                checks.append(Check(limit, f"q:{limit.base_key}", MINUTE_MS))
+            else:
+                day, begins, reset_at = window_span(limit, now)
+                checks.append(Check(limit, f"q:{limit.base_key}:{day.isoformat()}", int(reset_at * 1000), day))
+                self.begins, self.ends = max(self.begins, begins), min(self.ends, reset_at)
+        self.checks = tuple(checks)
+        self.cooldown = cooldown
+        self.fixed = tuple(c for c in checks if c.day is not None)
+        self.tokens = tuple(c for c in checks if c.limit.unit == "tokens")
+        self.units = tuple((unit, tuple(i for i, c in enumerate(checks) if c.limit.unit == unit))
+                           for unit in ("requests", "tokens"))
+        # What the Lua script reads: the keys, then "cooldown;kind,unit,limit,window,key;..." with 1-based
+        # indexes into those keys (cooldown 0: none).
+        self.keys = ([cooldown] if cooldown else []) + [c.key for c in checks]
+        first = 2 if cooldown else 1
+        self.spec = ";".join([str(int(bool(cooldown)))] + [
+            f"{'s' if c.limit.sliding else 'f'},{c.limit.unit[0]},{c.limit.value},{c.window_ms},{first + i}"
+            for i, c in enumerate(checks)
+        ])
+
+    def holds(self, now: float) -> bool:
+        return self.begins <= now < self.ends
+
+
+# (id of the deployment's limits, id of the key's, deployment) -> (those limits, the plan). The limit tuples
+# live in the catalog snapshot and the key cache, so an identity check tells a stale entry from a live one.
+_plans: dict[tuple[int, int, int | None], tuple[Sequence[Limit], Sequence[Limit], Plan]] = {}
+
+
+def plan_for(limits: Sequence[Limit], key_limits: Sequence[Limit], deployment_id: int | None, now: float) -> Plan:
+    slot = (id(limits), id(key_limits), deployment_id)
+    held = _plans.get(slot)
+    if held is not None and held[0] is limits and held[1] is key_limits and held[2].holds(now):
+        return held[2]
+    if len(_plans) > 4096:
+        _plans.clear()  # old catalog snapshots and edited keys
+    cooldown = cooldown_key(deployment_id) if deployment_id is not None else None
+    plan = Plan([*limits, *key_limits], now, cooldown)
+    _plans[slot] = (limits, key_limits, plan)
+    return plan
 
 
 @dataclass
@@ -155,7 +207,7 @@ class Correction:
 
 
 class Store(Protocol):
-    async def acquire(self, checks: list[Check], now_ms: int, cooldown_key: str | None) -> Outcome: ...
+    async def acquire(self, plan: Plan, tokens: int, now_ms: int) -> Outcome: ...
 
     async def seed(self, key: str, value: int, expire_at_ms: int) -> None: ...
 
@@ -167,7 +219,7 @@ class Store(Protocol):
 
     async def park(self, key: str, until_ms: int, now_ms: int) -> None: ...
 
-    def used_sync(self, checks: list[Check], now_ms: int) -> list[tuple[int, int]]: ...
+    def used_sync(self, checks: Sequence[Check], now_ms: int) -> list[tuple[int, int]]: ...
 
     def clear(self) -> None: ...
 
@@ -175,12 +227,14 @@ class Store(Protocol):
 # --- Redis store -----------------------------------------------------------------------------------------
 
 ACQUIRE_LUA = """
--- KEYS: every key the batch touches, once each. ARGV[1]: now_ms. ARGV[2...]: one request each,
--- "cool;kind,limit,cost,window,key;..." with cool and key indexes into KEYS (cool 0: no cooldown key);
--- kind "s" sliding / "f" fixed; window is the window's length (sliding) or its reset time in ms (fixed).
--- The requests are answered in order, as if each ran alone at `now`, one reply per request:
--- {1, used..., resets...} when admitted, {0, index, used, retry_ms} when refused by check `index`,
--- {0, 0, 0, ms_left} when the deployment is parked, {-1, index} when a fixed counter is missing.
+-- A batch of requests, answered in order as if each ran alone at `now`.
+-- KEYS: the keys of every plan in the batch. ARGV[1]: now_ms; ARGV[2]: the number of plans P; then P plans,
+-- "base|cooldown;kind,unit,limit,window,key;..." (kind "s" sliding / "f" fixed; unit "r" requests / "t"
+-- tokens; window: the window's length (sliding) or its reset time in ms (fixed); cooldown and key: indexes
+-- into KEYS after `base`, cooldown 0 for none); then one "plan,tokens" per request.
+-- Returns one string, the requests' answers joined by ";", each a list of numbers joined by ",":
+-- 1,used...,resets... when admitted; 0,index,used,retry_ms when refused by check `index`; 0,0,0,ms_left when
+-- the deployment is parked; -1,index when a fixed counter is missing.
 local now = tonumber(ARGV[1])
 local second = math.floor(now / 1000)
 -- A per-minute window is a hash of one-second buckets plus two fields: 't', the sum of the live buckets,
@@ -247,29 +301,29 @@ local function retry_in(key, win, cost, limit)
   end
   return win.w
 end
-local function answer(request)
-  local cool = tonumber(string.match(request, '^(%d+)'))
+local function answer(plan, tokens)
+  local cool = plan[1]
   if cool > 0 then
-    if parked[cool] == nil then parked[cool] = tonumber(redis.call('GET', KEYS[cool]) or '0') end
+    local key = KEYS[cool]
+    if parked[key] == nil then parked[key] = tonumber(redis.call('GET', key) or '0') end
     -- The key holds "until" in our clock (which tests can move), not Redis' own.
-    if parked[cool] > now then return {0, 0, 0, parked[cool] - now} end
+    if parked[key] > now then return {0, 0, 0, parked[key] - now} end
   end
-  local checks, used, resets = {}, {}, {}
-  for kind, limit, cost, w, k in string.gmatch(request, '(%a),(%d+),(%d+),(%d+),(%d+)') do
-    local i = #checks + 1
-    limit, cost, w, k = tonumber(limit), tonumber(cost), tonumber(w), tonumber(k)
-    checks[i] = {kind, cost, k}
+  local checks, used, resets = plan[2], {}, {}
+  for i, check in ipairs(checks) do
+    local kind, limit, w, k = check[1], check[3], check[4], check[5]
+    local cost = check[2] and tokens or 1
     if kind == 's' then
       local win = windows[k]
-      if not win then win = load(KEYS[k], w) windows[k] = win end
-      if win.total + cost > limit then return {0, i, win.total, retry_in(KEYS[k], win, cost, limit)} end
+      if not win then win = load(k, w) windows[k] = win end
+      if win.total + cost > limit then return {0, i, win.total, retry_in(k, win, cost, limit)} end
       used[i] = win.total
       resets[i] = 0
       if win.oldest then resets[i] = (win.oldest + 1) * 1000 + w - now end
     else
       local counter = counters[k]
       if counter == nil then
-        local v = redis.call('GET', KEYS[k])
+        local v = redis.call('GET', k)
         counter = v and {value = tonumber(v), added = 0} or false
         counters[k] = counter
       end
@@ -281,8 +335,8 @@ local function answer(request)
   end
   -- Every limit has room: count the request in all of them.
   for _, check in ipairs(checks) do
-    local kind, cost, k = check[1], check[2], check[3]
-    if kind == 's' then
+    local k, cost = check[5], check[2] and tokens or 1
+    if check[1] == 's' then
       local win = windows[k]
       win.total = win.total + cost
       win.added = win.added + cost
@@ -298,10 +352,25 @@ local function answer(request)
   for i = 1, #checks do out[#out + 1] = resets[i] end
   return out
 end
+local plans = {}
+local nplans = tonumber(ARGV[2])
+for p = 1, nplans do
+  local base, cool, rest = string.match(ARGV[2 + p], '^(%d+)|(%d+)(.*)$')
+  base, cool = tonumber(base), tonumber(cool)
+  local checks = {}
+  for kind, unit, limit, w, k in string.gmatch(rest, '(%a),(%a),(%d+),(%d+),(%d+)') do
+    -- By name: plans that share a counter (a key's limits, a pool's) share its state within the batch.
+    checks[#checks + 1] = {kind, unit == 't', tonumber(limit), tonumber(w), KEYS[base + tonumber(k)]}
+  end
+  plans[p] = {cool > 0 and base + cool or 0, checks}
+end
 local replies = {}
-for r = 2, #ARGV do replies[r - 1] = answer(ARGV[r]) end
-for k, win in pairs(windows) do
-  local key = KEYS[k]
+for r = 3 + nplans, #ARGV do
+  local p, tokens = string.match(ARGV[r], '(%d+),(%d+)')
+  -- Numbers print as integers here (all are below 2^53 and whole), so the client can split and int() them.
+  replies[#replies + 1] = table.concat(answer(plans[tonumber(p)], tonumber(tokens)), ',')
+end
+for key, win in pairs(windows) do
   if win.counted then
     -- The key outlives its newest bucket's window: refreshed when a second's bucket is started.
     if redis.call('HINCRBY', key, second, win.added) == win.added then redis.call('PEXPIRE', key, win.w + 2000) end
@@ -313,10 +382,10 @@ for k, win in pairs(windows) do
     end
   end
 end
-for k, counter in pairs(counters) do
-  if counter and counter.added > 0 then redis.call('INCRBY', KEYS[k], counter.added) end
+for key, counter in pairs(counters) do
+  if counter and counter.added > 0 then redis.call('INCRBY', key, counter.added) end
 end
-return replies
+return table.concat(replies, ';')
 """
 
 # KEYS: one per correction (a key may repeat). ARGV: "kind,bucket,delta;..." packed in one argument.
@@ -349,7 +418,7 @@ class _LoopState:
         self.flush_scheduled = False
         self.flushing: asyncio.Task[None] | None = None
         # Admissions asked for in this turn of the loop, answered together by one script call.
-        self.waiting: list[tuple[list[Check], str | None, int, asyncio.Future[Any]]] = []
+        self.waiting: list[tuple[Plan, int, int, asyncio.Future[Any]]] = []
 
 
 class RedisStore:
@@ -373,29 +442,37 @@ class RedisStore:
             self._sync = redis.Redis.from_url(self.url)
         return self._sync
 
-    async def acquire(self, checks: list[Check], now_ms: int, cooldown_key: str | None) -> Outcome:
+    async def acquire(self, plan: Plan, tokens: int, now_ms: int) -> Outcome:
         state = self._state()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if not state.waiting:
             future.get_loop().call_soon(self._send_batch, state)
-        state.waiting.append((checks, cooldown_key, now_ms, future))
+        state.waiting.append((plan, tokens, now_ms, future))
         at_ms, reply = await future
-        return _outcome(checks, reply, at_ms)
+        return _outcome(plan, reply, at_ms)
 
     def _send_batch(self, state: _LoopState) -> None:
         """One script call answers every admission asked for in the last turn of the loop. Under load a worker
         takes many requests per turn, mostly against the same deployment and key: the script reads each
-        counter once for all of them and writes it once, so Redis' work per request falls as the load rises
-        (and with it the CPU that the quota checks take from a busy machine)."""
+        counter once for all of them and writes it once, and each plan's checks are sent and parsed once, so
+        the work per request falls as the load rises (and with it the CPU the checks take from a busy machine).
+        """
         batch, state.waiting = state.waiting, []
-        keys: dict[str, int] = {}
-        now_ms = max(entry[2] for entry in batch)  # the batch is counted at one time: the latest asked for
-        args: list[Any] = [now_ms]
-        for checks, cool, _, _ in batch:
-            parts = [str(keys.setdefault(cool, len(keys) + 1)) if cool else "0"]
-            parts += [f"{c.limit.spec}{c.cost},{c.window_ms},{keys.setdefault(c.key, len(keys) + 1)}" for c in checks]
-            args.append(";".join(parts))
-        state.client.run_now(ACQUIRE_SCRIPT, list(keys), args, functools.partial(_answer_batch, batch, now_ms))
+        keys: list[str] = []
+        numbers: dict[int, int] = {}  # id(plan) -> its number in this call
+        specs: list[str] = []
+        requests: list[str] = []
+        now_ms = 0  # the batch is counted at one time: the latest asked for
+        for plan, tokens, at_ms, _ in batch:
+            number = numbers.get(id(plan))
+            if number is None:
+                number = numbers[id(plan)] = len(specs) + 1
+                specs.append(f"{len(keys)}|{plan.spec}")
+                keys += plan.keys
+            requests.append(f"{number},{tokens}")
+            now_ms = max(now_ms, at_ms)
+        state.client.run_now(ACQUIRE_SCRIPT, keys, [now_ms, len(specs), *specs, *requests],
+                             functools.partial(_answer_batch, batch, now_ms))
 
     async def seed(self, key: str, value: int, expire_at_ms: int) -> None:
         await self._state().client.call("SET", key, value, "NX", "PXAT", expire_at_ms + FIXED_GRACE_MS)
@@ -458,7 +535,7 @@ class RedisStore:
         if state is not None:
             await state.client.aclose()
 
-    def used_sync(self, checks: list[Check], now_ms: int) -> list[tuple[int, int]]:
+    def used_sync(self, checks: Sequence[Check], now_ms: int) -> list[tuple[int, int]]:
         client = self._sync_client()
         out = []
         for c in checks:
@@ -482,26 +559,27 @@ ACQUIRE_SCRIPT = resp.Script(ACQUIRE_LUA)
 ADJUST_SCRIPT = resp.Script(ADJUST_LUA)
 
 
-def _answer_batch(batch: list[tuple[list[Check], str | None, int, asyncio.Future[Any]]], now_ms: int,
-                  replies: Any) -> None:
+def _answer_batch(batch: list[tuple[Plan, int, int, asyncio.Future[Any]]], now_ms: int, reply: Any) -> None:
+    answers = None if isinstance(reply, BaseException) else reply.split(b";")
     for i, (_, _, _, future) in enumerate(batch):
         if future.done():
             continue  # its caller gave up (the client left)
-        if isinstance(replies, BaseException):
-            future.set_exception(replies)
+        if answers is None:
+            future.set_exception(reply)
         else:
-            future.set_result((now_ms, replies[i]))
+            future.set_result((now_ms, answers[i]))
 
 
-def _outcome(checks: list[Check], reply: list[int], at_ms: int) -> Outcome:
+def _outcome(plan: Plan, answer: bytes, at_ms: int) -> Outcome:
+    reply = [int(n) for n in answer.split(b",")]
     if reply[0] == 1:
-        n = len(checks)
+        n = len(plan.checks)
         return Outcome(True, used=reply[1 : 1 + n], resets_ms=reply[1 + n : 1 + 2 * n], at_ms=at_ms)
     if reply[0] == -1:
         return Outcome(False, missing=reply[1] - 1)
     if reply[1] == 0:
         return Outcome(False, retry_after=max(reply[3], 0) / 1000, cooling=True)
-    return Outcome(False, check=checks[reply[1] - 1], used=[reply[2]], retry_after=max(reply[3], 0) / 1000)
+    return Outcome(False, check=plan.checks[reply[1] - 1], used=[reply[2]], retry_after=max(reply[3], 0) / 1000)
 
 
 # --- In-process store ------------------------------------------------------------------------------------
@@ -529,37 +607,40 @@ class MemoryStore:
             return None
         return entry[0]
 
-    async def acquire(self, checks: list[Check], now_ms: int, cooldown_key: str | None) -> Outcome:
+    async def acquire(self, plan: Plan, tokens: int, now_ms: int) -> Outcome:
         with self.lock:
-            return self._acquire(checks, now_ms, cooldown_key)
+            return self._acquire(plan, tokens, now_ms)
 
-    def _acquire(self, checks: list[Check], now_ms: int, cooldown_key: str | None) -> Outcome:
-        if cooldown_key and self.parked.get(cooldown_key, 0) > now_ms:
-            return Outcome(False, retry_after=(self.parked[cooldown_key] - now_ms) / 1000, cooling=True)
+    def _acquire(self, plan: Plan, tokens: int, now_ms: int) -> Outcome:
+        cool = plan.cooldown
+        if cool and self.parked.get(cool, 0) > now_ms:
+            return Outcome(False, retry_after=(self.parked[cool] - now_ms) / 1000, cooling=True)
         used, resets = [], []
-        for i, c in enumerate(checks):
+        for i, c in enumerate(plan.checks):
+            cost = c.cost(tokens)
             if c.limit.sliding:
                 buckets = self._buckets(c.key, now_ms, c.window_ms)
                 u, reset = _window_usage(buckets, now_ms, c.window_ms)
-                if u + c.cost > c.limit.value:
-                    return Outcome(False, check=c, used=[u], retry_after=_sliding_retry(buckets, u, c, now_ms))
+                if u + cost > c.limit.value:
+                    retry = _sliding_retry(buckets, u + cost - c.limit.value, c, now_ms)
+                    return Outcome(False, check=c, used=[u], retry_after=retry)
             else:
                 value = self._fixed(c.key, now_ms)
                 if value is None:
                     return Outcome(False, missing=i)
                 u, reset = value, c.window_ms - now_ms
-                if u + c.cost > c.limit.value:
+                if u + cost > c.limit.value:
                     return Outcome(False, check=c, used=[u], retry_after=(c.window_ms - now_ms) / 1000)
             used.append(u)
             resets.append(reset)
         bucket = now_ms // 1000
-        for c in checks:
+        for c in plan.checks:
             if c.limit.sliding:
                 buckets = self.sliding[c.key]
-                buckets[bucket] = buckets.get(bucket, 0) + c.cost
+                buckets[bucket] = buckets.get(bucket, 0) + c.cost(tokens)
             else:
                 value, expires = self.fixed[c.key]
-                self.fixed[c.key] = (value + c.cost, expires)
+                self.fixed[c.key] = (value + c.cost(tokens), expires)
         return Outcome(True, used=used, resets_ms=resets, at_ms=now_ms)
 
     async def seed(self, key: str, value: int, expire_at_ms: int) -> None:
@@ -588,7 +669,7 @@ class MemoryStore:
         with self.lock:
             self.parked[key] = until_ms
 
-    def used_sync(self, checks: list[Check], now_ms: int) -> list[tuple[int, int]]:
+    def used_sync(self, checks: Sequence[Check], now_ms: int) -> list[tuple[int, int]]:
         out = []
         with self.lock:
             for c in checks:
@@ -612,8 +693,9 @@ def _window_usage(buckets: dict[int, int], now_ms: int, window_ms: int) -> tuple
     return used, ((live[0] + 1) * 1000 + window_ms - now_ms) if live else 0
 
 
-def _sliding_retry(buckets: dict[int, int], used: int, c: Check, now_ms: int) -> float:
-    need, freed = used + c.cost - c.limit.value, 0
+def _sliding_retry(buckets: dict[int, int], need: int, c: Check, now_ms: int) -> float:
+    """When enough of the oldest buckets stop counting to free `need`."""
+    freed = 0
     for bucket in sorted(buckets):
         freed += buckets[bucket]
         if freed >= need:
@@ -646,11 +728,14 @@ class Ledger:
         self.lock = threading.Lock()
         self.task: asyncio.Task[None] | None = None
 
-    def add(self, key: str, day: dt.date, delta: int) -> None:
-        if delta:
-            with self.lock:
-                self.pending[(key, day)] = self.pending.get((key, day), 0) + delta
-        self._ensure_task()
+    def add(self, entries: list[tuple[str, dt.date, int]]) -> None:
+        """Add (key, day, delta) entries: one lock for all of a request's daily counters."""
+        with self.lock:
+            for key, day, delta in entries:
+                if delta:
+                    self.pending[(key, day)] = self.pending.get((key, day), 0) + delta
+        if self.task is None or self.task.done():
+            self._ensure_task()
 
     def unflushed(self, key: str, day: dt.date) -> int:
         with self.lock:
@@ -720,33 +805,34 @@ class Admission:
     """A request admitted on a deployment: remembers what it consumed so it can be corrected later."""
 
     bucket: int  # the second it was counted in (per-minute windows are corrected there)
-    checks: list[Check]
+    plan: Plan
     outcome: Outcome
     estimated_tokens: int
 
     def headers(self) -> dict[str, str]:
         """x-ratelimit-* for the tightest request and token limits this request was counted against."""
         out: dict[str, str] = {}
-        for unit in ("requests", "tokens"):
-            best = None
-            for i, c in enumerate(self.checks):
-                if c.limit.unit != unit:
-                    continue
-                remaining = max(c.limit.value - self.outcome.used[i] - c.cost, 0)
-                if best is None or remaining < best[0]:
-                    best = (remaining, c, self.outcome.resets_ms[i])
-            if best is not None:
-                remaining, c, reset_ms = best
-                reset_ms = reset_ms or (MINUTE_MS if c.limit.sliding else 0)
-                out[f"x-ratelimit-limit-{unit}"] = str(c.limit.value)
-                out[f"x-ratelimit-remaining-{unit}"] = str(remaining)
-                out[f"x-ratelimit-reset-{unit}"] = format_duration(reset_ms / 1000)
+        checks, used, resets = self.plan.checks, self.outcome.used, self.outcome.resets_ms
+        for unit, indexes in self.plan.units:
+            if not indexes:
+                continue
+            cost = 1 if unit == "requests" else self.estimated_tokens
+            tightest = min(indexes, key=lambda i: checks[i].limit.value - used[i])
+            limit = checks[tightest].limit
+            reset_ms = resets[tightest] or (MINUTE_MS if limit.sliding else 0)
+            out[f"x-ratelimit-limit-{unit}"] = str(limit.value)
+            out[f"x-ratelimit-remaining-{unit}"] = str(max(limit.value - used[tightest] - cost, 0))
+            out[f"x-ratelimit-reset-{unit}"] = format_duration(reset_ms / 1000)
         return out
 
 
 def format_duration(seconds: float) -> str:
     """OpenAI's style: 1s, 6m0s, 2h3m4s."""
-    seconds = max(math.ceil(seconds), 0)
+    return _duration(max(math.ceil(seconds), 0))
+
+
+@functools.lru_cache(maxsize=1024)
+def _duration(seconds: int) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     if h:
@@ -760,14 +846,16 @@ def cooldown_key(deployment_id: int) -> str:
     return f"q:cool:{deployment_id}"
 
 
-async def try_admit(limits: list[Limit], deployment_id: int | None, tokens: int) -> Admission | Outcome:
-    """Check and consume every limit at once; returns an Admission, or the refusing Outcome."""
-    cool = cooldown_key(deployment_id) if deployment_id is not None else None
-    for _ in range(len(limits) + 1):
+async def try_admit(
+    limits: Sequence[Limit], deployment_id: int | None, tokens: int, key_limits: Sequence[Limit] = ()
+) -> Admission | Outcome:
+    """Check and consume every limit at once (the deployment's and the key's); returns an Admission, or the
+    refusing Outcome."""
+    for _ in range(len(limits) + len(key_limits) + 1):
         now = clock.now()
-        checks = build_checks(limits, 1, tokens, now)
+        plan = plan_for(limits, key_limits, deployment_id, now)
         try:
-            outcome = await store().acquire(checks, int(now * 1000), cool)
+            outcome = await store().acquire(plan, tokens, int(now * 1000))
         except Exception as e:
             log.error("quota store unavailable: %s", type(e).__name__)
             raise GatewayError(503, "The quota store is unavailable, so no request can be admitted safely. "
@@ -775,13 +863,12 @@ async def try_admit(limits: list[Limit], deployment_id: int | None, tokens: int)
                                headers={"Retry-After": "5"}) from None
         if outcome.missing is None:
             break
-        await _seed(checks[outcome.missing])
+        await _seed(plan.checks[outcome.missing])
     if not outcome.admitted:
         return outcome
-    for c in checks:
-        if c.day is not None:
-            ledger.add(c.durable_key, c.day, c.cost)
-    return Admission(outcome.at_ms // 1000, checks, outcome, tokens)
+    if plan.fixed:
+        ledger.add([(c.durable_key, c.day, c.cost(tokens)) for c in plan.fixed if c.day is not None])
+    return Admission(outcome.at_ms // 1000, plan, outcome, tokens)
 
 
 def settle(admission: Admission, actual_tokens: int | None) -> None:
@@ -789,13 +876,11 @@ def settle(admission: Admission, actual_tokens: int | None) -> None:
     if actual_tokens is None:
         return
     delta = actual_tokens - admission.estimated_tokens
-    token_checks = [c for c in admission.checks if c.limit.unit == "tokens"]
+    token_checks = admission.plan.tokens
     if not delta or not token_checks:
         return
     store().correct([Correction(c.key, c.limit.sliding, admission.bucket, delta) for c in token_checks])
-    for c in token_checks:
-        if c.day is not None:
-            ledger.add(c.durable_key, c.day, delta)
+    ledger.add([(c.durable_key, c.day, delta) for c in token_checks if c.day is not None])
 
 
 async def park(deployment_id: int, seconds: float) -> None:
@@ -813,10 +898,10 @@ def estimate_tokens(body: dict[str, Any]) -> int:
     return prompt + completion
 
 
-def usage_of(limits: list[Limit]) -> list[dict[str, Any]]:
+def usage_of(limits: Sequence[Limit]) -> list[dict[str, Any]]:
     """Used, remaining and reset time of each limit now (for the admin and /v1/quota)."""
     now = clock.now()
-    checks = build_checks(limits, 0, 0, now)
+    checks = Plan(limits, now).checks
     states = store().used_sync(checks, int(now * 1000))
     out = []
     for c, (used, reset_ms) in zip(checks, states, strict=True):
@@ -842,21 +927,28 @@ def usage_of(limits: list[Limit]) -> list[dict[str, Any]]:
     return out
 
 
-def key_limits(principal: Any, model: str) -> list[Limit]:
-    """The calling key's own limits for this model (key-wide and per-model); none for the master key."""
+def key_limits(principal: Any, model: str) -> tuple[Limit, ...]:
+    """The calling key's own limits for this model (key-wide and per-model); none for the master key.
+    The same tuple for the same key and model until the key is edited (the quota plans are cached by it)."""
     if principal is None or principal.is_master or principal.key_id is None:
-        return []
+        return ()
     tz = settings.KEY_QUOTA_TIMEZONE
     out = _limits_of(principal.limits, "key", str(principal.key_id), "your API key", tz)
     if model in principal.model_limits:
         label = f"your API key for model '{model}'"
-        out += _limits_of(principal.model_limits[model], "key-model", f"{principal.key_id}:{model}", label, tz)
+        out = _joined(out, _limits_of(principal.model_limits[model], "key-model", f"{principal.key_id}:{model}",
+                                      label, tz))
     return out
 
 
-def _limits_of(limits: Any, scope: str, scope_id: str, label: str, tz: str) -> list[Limit]:
-    return list(_key_limits(scope, scope_id, label, tz, limits.rpm, limits.rpd, limits.tokens_per_day,
-                            limits.tokens_per_month))
+@functools.lru_cache(maxsize=4096)
+def _joined(a: tuple[Limit, ...], b: tuple[Limit, ...]) -> tuple[Limit, ...]:
+    return a + b
+
+
+def _limits_of(limits: Any, scope: str, scope_id: str, label: str, tz: str) -> tuple[Limit, ...]:
+    return _key_limits(scope, scope_id, label, tz, limits.rpm, limits.rpd, limits.tokens_per_day,
+                       limits.tokens_per_month)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -867,7 +959,7 @@ def _key_limits(scope: str, scope_id: str, label: str, tz: str, *values: int | N
                  for name, value in zip(names, values, strict=True) if value is not None)
 
 
-def summary(limits: list[Limit]) -> str:
+def summary(limits: Sequence[Limit]) -> str:
     """"3/10 RPM · 41/50 RPD (resets 07:00 UTC)": used against each limit, from the live counters (admin lists)."""
     parts = []
     for state in usage_of(limits):
@@ -878,7 +970,7 @@ def summary(limits: list[Limit]) -> str:
     return " · ".join(parts) or "—"
 
 
-def key_wide_limits(key_id: int, limits: Any) -> list[Limit]:
+def key_wide_limits(key_id: int, limits: Any) -> tuple[Limit, ...]:
     """A key's own limits across all models (for the admin's key list)."""
     return _limits_of(limits, "key", str(key_id), "your API key", settings.KEY_QUOTA_TIMEZONE)
 

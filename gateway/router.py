@@ -84,14 +84,14 @@ async def _ordered_routes(routes: tuple[Route, ...], call: Call) -> list[Route]:
 
 
 async def _admit_one(
-    candidates: list[Route], tried: set[int], plimits: list[Limit], tokens: int, call: Call
+    candidates: list[Route], tried: set[int], plimits: tuple[Limit, ...], tokens: int, call: Call
 ) -> tuple[Route, Admission] | Outcome | None:
     """The first deployment with room, or the refusal that frees up soonest (None: nothing left to try)."""
     refusal: Outcome | None = None
     for route in candidates:
         if route.id in tried:
             continue
-        result = await quota.try_admit([*route.limits, *plimits], route.id, tokens)
+        result = await quota.try_admit(route.limits, route.id, tokens, plimits)
         if isinstance(result, Admission):
             return route, result
         if result.check is not None and result.check.limit.scope in ("key", "key-model"):
@@ -116,7 +116,7 @@ async def candidates(routes: tuple[Route, ...], body: dict[str, Any], call: Call
             route, admission = result
             tried.add(route.id)
             call.admissions.append(admission)
-            plimits = []  # the key's quota is counted once per request, not per attempt
+            plimits = ()  # the key's quota is counted once per request, not per attempt
             yield route
             result = await _admit_one(ordered, tried, plimits, tokens, call)
             continue
@@ -128,7 +128,7 @@ async def candidates(routes: tuple[Route, ...], body: dict[str, Any], call: Call
 
 
 async def _wait_for_slot(
-    gate: asyncio.Lock, ordered: list[Route], plimits: list[Limit], tokens: int, call: Call, deadline: float
+    gate: asyncio.Lock, ordered: list[Route], plimits: tuple[Limit, ...], tokens: int, call: Call, deadline: float
 ) -> tuple[Route, Admission] | Outcome | None:
     async with gate:
         while True:

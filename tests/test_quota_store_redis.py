@@ -199,7 +199,7 @@ def test_the_redis_store_and_the_in_process_store_agree_step_by_step(settings) -
     import random
     import uuid
 
-    from gateway.quota import Correction, Limit, MemoryStore, RedisStore, build_checks
+    from gateway.quota import Correction, Limit, MemoryStore, Plan, RedisStore
 
     settings.REDIS_URL = REDIS_URL
     scope = uuid.uuid4().hex
@@ -219,9 +219,8 @@ def test_the_redis_store_and_the_in_process_store_agree_step_by_step(settings) -
         try:
             for store in stores:
                 for limits in plans:
-                    for check in build_checks(limits, 1, 1, now_ms / 1000):
-                        if check.day is not None:
-                            await store.seed(check.key, 0, check.window_ms)
+                    for check in Plan(limits, now_ms / 1000).fixed:
+                        await store.seed(check.key, 0, check.window_ms)
             for _ in range(1500):
                 # Mostly small steps, so the minute fills and its oldest buckets expire one by one; now and
                 # then a jump to just before, at or after a window's end, or far beyond it.
@@ -235,21 +234,19 @@ def test_the_redis_store_and_the_in_process_store_agree_step_by_step(settings) -
                 for _ in range(rng.choice([1, 1, 1, 2, 3, 6, 10])):
                     which = rng.randrange(len(plans)) if same is None else same
                     tokens = rng.randint(1, 160)
-                    burst.append((which, tokens, build_checks(plans[which], 1, tokens, now_ms / 1000)))
+                    burst.append((which, tokens, Plan(plans[which], now_ms / 1000, cooldowns[which])))
                 bursts += 1
                 before = script_calls()
                 redis_outcomes = await asyncio.gather(
-                    *(stores[0].acquire(checks, now_ms, cooldowns[which]) for which, _, checks in burst))
+                    *(stores[0].acquire(plan, tokens, now_ms) for _, tokens, plan in burst))
                 calls += script_calls() - before
-                memory_outcomes = [await stores[1].acquire(checks, now_ms, cooldowns[which])
-                                   for which, _, checks in burst]
-                for (_, tokens, checks), *outcomes in zip(burst, redis_outcomes, memory_outcomes, strict=True):
+                memory_outcomes = [await stores[1].acquire(plan, tokens, now_ms) for _, tokens, plan in burst]
+                for (_, tokens, plan), *outcomes in zip(burst, redis_outcomes, memory_outcomes, strict=True):
                     answers.append(tuple((o.admitted, o.used, o.resets_ms, round(o.retry_after, 3), o.cooling,
                                           o.check.limit.name if o.check else None, o.at_ms) for o in outcomes))
                     if outcomes[0].admitted and rng.random() < 0.6:
                         delta = rng.randint(-tokens + 1, 40)
-                        corrections = [Correction(c.key, c.limit.sliding, now_ms // 1000, delta)
-                                       for c in checks if c.limit.unit == "tokens"]
+                        corrections = [Correction(c.key, c.limit.sliding, now_ms // 1000, delta) for c in plan.tokens]
                         for store in stores:
                             store.correct(corrections)
                             await store.flush()
@@ -289,7 +286,7 @@ def test_a_request_refused_in_the_burst_that_filled_the_window_waits_for_that_bu
     """The burst's own requests are not in Redis yet when the script works out the refused one's retry delay."""
     import uuid
 
-    from gateway.quota import Limit, MemoryStore, RedisStore, build_checks
+    from gateway.quota import Limit, MemoryStore, Plan, RedisStore
 
     settings.REDIS_URL = REDIS_URL
     scope = uuid.uuid4().hex
@@ -298,16 +295,16 @@ def test_a_request_refused_in_the_burst_that_filled_the_window_waits_for_that_bu
 
     async def main() -> tuple[list[tuple[bool, float]], list[tuple[bool, float]]]:
         redis_store, memory_store = RedisStore(REDIS_URL), MemoryStore()
-        checks = build_checks(limits, 1, 1, now_ms / 1000)
+        plan = Plan(limits, now_ms / 1000)
         try:
-            together = await asyncio.gather(*(redis_store.acquire(checks, now_ms, None) for _ in range(5)))
+            together = await asyncio.gather(*(redis_store.acquire(plan, 1, now_ms) for _ in range(5)))
         finally:
             cleanup = redis.Redis.from_url(REDIS_URL)
             for key in cleanup.scan_iter(f"q:*{scope}*"):
                 cleanup.delete(key)
             cleanup.close()
             await redis_store.aclose()
-        one_by_one = [await memory_store.acquire(checks, now_ms, None) for _ in range(5)]
+        one_by_one = [await memory_store.acquire(plan, 1, now_ms) for _ in range(5)]
         return ([(o.admitted, o.retry_after) for o in together], [(o.admitted, o.retry_after) for o in one_by_one])
 
     together, one_by_one = run(main())
