@@ -417,8 +417,9 @@ class _LoopState:
         self.pending: dict[tuple[str, bool, int], int] = {}
         self.flush_scheduled = False
         self.flushing: asyncio.Task[None] | None = None
-        # Admissions asked for in this turn of the loop, answered together by one script call.
+        # Admissions waiting to be sent, answered together by one script call; one such call at a time.
         self.waiting: list[tuple[Plan, int, int, asyncio.Future[Any]]] = []
+        self.sending = False
 
 
 class RedisStore:
@@ -445,19 +446,24 @@ class RedisStore:
     async def acquire(self, plan: Plan, tokens: int, now_ms: int) -> Outcome:
         state = self._state()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not state.waiting:
+        if not state.waiting and not state.sending:
             future.get_loop().call_soon(self._send_batch, state)
         state.waiting.append((plan, tokens, now_ms, future))
         at_ms, reply = await future
         return _outcome(plan, reply, at_ms)
 
     def _send_batch(self, state: _LoopState) -> None:
-        """One script call answers every admission asked for in the last turn of the loop. Under load a worker
-        takes many requests per turn, mostly against the same deployment and key: the script reads each
-        counter once for all of them and writes it once, and each plan's checks are sent and parsed once, so
-        the work per request falls as the load rises (and with it the CPU the checks take from a busy machine).
+        """One script call answers every admission waiting: those asked for in the last turn of the loop, and
+        those that came while the previous call was out (it goes as soon as that one is answered; Redis runs
+        one script at a time anyway). Under load a worker takes many requests meanwhile, mostly against the
+        same deployment and key: the script reads each counter once for all of them and writes it once, and
+        each plan's checks are sent and parsed once, so the work per request falls as the load rises (and with
+        it the CPU the checks take from a busy machine). An idle worker's request goes at once, alone.
         """
+        if not state.waiting:
+            return
         batch, state.waiting = state.waiting, []
+        state.sending = True
         keys: list[str] = []
         numbers: dict[int, int] = {}  # id(plan) -> its number in this call
         specs: list[str] = []
@@ -472,7 +478,13 @@ class RedisStore:
             requests.append(f"{number},{tokens}")
             now_ms = max(now_ms, at_ms)
         state.client.run_now(ACQUIRE_SCRIPT, keys, [now_ms, len(specs), *specs, *requests],
-                             functools.partial(_answer_batch, batch, now_ms))
+                             functools.partial(self._answered, state, batch, now_ms))
+
+    def _answered(self, state: _LoopState, batch: list[tuple[Plan, int, int, asyncio.Future[Any]]], now_ms: int,
+                  reply: Any) -> None:
+        state.sending = False
+        _answer_batch(batch, now_ms, reply)
+        self._send_batch(state)  # those that came meanwhile
 
     async def seed(self, key: str, value: int, expire_at_ms: int) -> None:
         await self._state().client.call("SET", key, value, "NX", "PXAT", expire_at_ms + FIXED_GRACE_MS)
