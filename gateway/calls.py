@@ -84,8 +84,8 @@ class Call:
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
 
-    def rate_headers(self) -> dict[str, str]:
-        return self.admissions[-1].headers() if self.admissions else {}
+    def rate_headers(self) -> list[tuple[bytes, bytes]]:
+        return self.admissions[-1].headers() if self.admissions else []
 
     @property
     def latency_ms(self) -> float | None:

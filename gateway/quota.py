@@ -149,7 +149,7 @@ class Plan:
         self.cooldown = cooldown
         self.fixed = tuple(c for c in checks if c.day is not None)
         self.tokens = tuple(c for c in checks if c.limit.unit == "tokens")
-        self.units = tuple((unit, tuple(i for i, c in enumerate(checks) if c.limit.unit == unit))
+        self.units = tuple((_HEADER_NAMES[unit], tuple(i for i, c in enumerate(checks) if c.limit.unit == unit))
                            for unit in ("requests", "tokens"))
         # What the Lua script reads: the keys, then "cooldown;kind,unit,limit,window,key;..." with 1-based
         # indexes into those keys (cooldown 0: none).
@@ -163,6 +163,9 @@ class Plan:
     def holds(self, now: float) -> bool:
         return self.begins <= now < self.ends
 
+
+_HEADER_NAMES = {unit: tuple(f"x-ratelimit-{part}-{unit}".encode() for part in ("limit", "remaining", "reset"))
+                 for unit in ("requests", "tokens")}
 
 # (id of the deployment's limits, id of the key's, deployment) -> (those limits, the plan). The limit tuples
 # live in the catalog snapshot and the key cache, so an identity check tells a stale entry from a live one.
@@ -821,20 +824,22 @@ class Admission:
     outcome: Outcome
     estimated_tokens: int
 
-    def headers(self) -> dict[str, str]:
-        """x-ratelimit-* for the tightest request and token limits this request was counted against."""
-        out: dict[str, str] = {}
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """x-ratelimit-* (encoded) for the tightest request and token limits this request was counted against."""
+        out: list[tuple[bytes, bytes]] = []
         checks, used, resets = self.plan.checks, self.outcome.used, self.outcome.resets_ms
-        for unit, indexes in self.plan.units:
-            if not indexes:
+        for names, indexes in self.plan.units:
+            tightest, room = -1, 0
+            for i in indexes:
+                if tightest < 0 or checks[i].limit.value - used[i] < room:
+                    tightest, room = i, checks[i].limit.value - used[i]
+            if tightest < 0:
                 continue
-            cost = 1 if unit == "requests" else self.estimated_tokens
-            tightest = min(indexes, key=lambda i: checks[i].limit.value - used[i])
             limit = checks[tightest].limit
+            cost = 1 if limit.unit == "requests" else self.estimated_tokens
             reset_ms = resets[tightest] or (MINUTE_MS if limit.sliding else 0)
-            out[f"x-ratelimit-limit-{unit}"] = str(limit.value)
-            out[f"x-ratelimit-remaining-{unit}"] = str(max(limit.value - used[tightest] - cost, 0))
-            out[f"x-ratelimit-reset-{unit}"] = format_duration(reset_ms / 1000)
+            out += ((names[0], b"%d" % limit.value), (names[1], b"%d" % max(room - cost, 0)),
+                    (names[2], format_duration(reset_ms / 1000).encode()))
         return out
 
 
@@ -878,21 +883,19 @@ async def try_admit(
         await _seed(plan.checks[outcome.missing])
     if not outcome.admitted:
         return outcome
-    if plan.fixed:
-        ledger.add([(c.durable_key, c.day, c.cost(tokens)) for c in plan.fixed if c.day is not None])
     return Admission(outcome.at_ms // 1000, plan, outcome, tokens)
 
 
 def settle(admission: Admission, actual_tokens: int | None) -> None:
-    """Correct the token estimate with the real usage once the call is over (queued, never awaited)."""
-    if actual_tokens is None:
-        return
-    delta = actual_tokens - admission.estimated_tokens
-    token_checks = admission.plan.tokens
-    if not delta or not token_checks:
-        return
-    store().correct([Correction(c.key, c.limit.sliding, admission.bucket, delta) for c in token_checks])
-    ledger.add([(c.durable_key, c.day, delta) for c in token_checks if c.day is not None])
+    """Once the call is over: correct the token estimate with the real usage (queued, never awaited), and hand
+    what it consumed of daily and monthly windows to the durable counters. Those get it here rather than at
+    admission: one write per request, and a request still in flight lives in the fast store meanwhile."""
+    plan, estimate = admission.plan, admission.estimated_tokens
+    delta = 0 if actual_tokens is None else actual_tokens - estimate
+    if delta and plan.tokens:
+        store().correct([Correction(c.key, c.limit.sliding, admission.bucket, delta) for c in plan.tokens])
+    if plan.fixed:
+        ledger.add([(c.durable_key, c.day, c.cost(estimate + delta)) for c in plan.fixed if c.day is not None])
 
 
 async def park(deployment_id: int, seconds: float) -> None:

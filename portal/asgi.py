@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import time
+from collections.abc import Mapping
 from typing import Any
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
@@ -62,6 +63,21 @@ class GatewayHandler(ASGIHandler):
             await self._serve(request, receive, send)
         finally:
             body_file.close()
+
+    async def send_response(self, response: Any, send: Any) -> None:
+        # x-ratelimit-* come ready-encoded (gateway.views.with_rate_headers): on every answer, six headers through
+        # Django's per-header checks cost more than the quota check that made them.
+        extra = getattr(response, "rate_headers", None)
+        if not extra:
+            await super().send_response(response, send)
+            return
+
+        async def send_with_rate_headers(message: Mapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message["headers"], *extra]}
+            await send(message)
+
+        await super().send_response(response, send_with_rate_headers)
 
     async def _serve(self, request: Any, receive: Any, send: Any) -> None:
         async def process_request() -> None:

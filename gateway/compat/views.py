@@ -30,7 +30,7 @@ from gateway.views import (
     json_response,
     routes_for,
     sse_response,
-    with_headers,
+    with_rate_headers,
 )
 
 log = logging.getLogger(__name__)
@@ -123,14 +123,14 @@ async def messages(request: HttpRequest) -> HttpResponseBase:
         # From here the stream's generator owns the call and finishes it.
         stream = anthropic.MessageStream(parsed, message_id)
         response = sse_response(translated_events(call, stream, first, chunks))
-        return with_headers(response, call.rate_headers())
+        return with_rate_headers(response, call)
     result = await router.complete(upstream, routes, parsed.chat, call)
     call.take_usage(result.get("usage"))
     message = anthropic.message(result, parsed, message_id)
     call.status = 200
     call.response_body = message
     finish(call)
-    return with_headers(json_response(message), call.rate_headers())
+    return with_rate_headers(json_response(message), call)
 
 
 @anthropic_view("POST")
@@ -170,7 +170,7 @@ async def create_response(request: HttpRequest) -> HttpResponseBase:
         first, chunks = await router.open_stream(upstream, routes, chat, call)
         # From here the stream's generator owns the call and finishes it.
         stream = responses.ResponseStream(parsed, response_id, owner, history)
-        return with_headers(sse_response(translated_events(call, stream, first, chunks)), call.rate_headers())
+        return with_rate_headers(sse_response(translated_events(call, stream, first, chunks)), call)
     result = await router.complete(upstream, routes, chat, call)
     call.take_usage(result.get("usage"))
     response, answer = responses.complete(parsed, result, response_id)
@@ -179,7 +179,7 @@ async def create_response(request: HttpRequest) -> HttpResponseBase:
     call.status = 200
     call.response_body = response
     finish(call)
-    return with_headers(json_response(response), call.rate_headers())
+    return with_rate_headers(json_response(response), call)
 
 
 @gateway_view("GET", "DELETE")
