@@ -133,7 +133,7 @@ class Plan:
     of now. Built once and reused by every request until a daily or monthly window rolls over: a request only
     adds its token estimate."""
 
-    __slots__ = ("begins", "checks", "cooldown", "ends", "fixed", "keys", "spec", "tokens", "units")
+    __slots__ = ("begins", "checks", "cooldown", "ends", "fixed", "keys", "spec", "tokens")
 
     def __init__(self, limits: Sequence[Limit], now: float, cooldown: str | None = None) -> None:
         checks = []
@@ -149,8 +149,6 @@ class Plan:
         self.cooldown = cooldown
         self.fixed = tuple(c for c in checks if c.day is not None)
         self.tokens = tuple(c for c in checks if c.limit.unit == "tokens")
-        self.units = tuple((_HEADER_NAMES[unit], tuple(i for i, c in enumerate(checks) if c.limit.unit == unit))
-                           for unit in ("requests", "tokens"))
         # What the Lua script reads: the keys, then "cooldown;kind,unit,limit,window,key;..." with 1-based
         # indexes into those keys (cooldown 0: none).
         self.keys = ([cooldown] if cooldown else []) + [c.key for c in checks]
@@ -190,8 +188,11 @@ class Outcome:
     """What the store answered. On refusal, `check` is the limit that said no."""
 
     admitted: bool
-    used: list[int] = field(default_factory=list)  # per check, before this request
-    resets_ms: list[int] = field(default_factory=list)  # per check, ms until a slot frees / window ends
+    # Admitted: for requests, then tokens, the limit with the least room before this request (the one its
+    # x-ratelimit-* headers describe): its index in the plan's checks plus 1 (0: none), what it had used, and
+    # the ms until its oldest counted second stops counting (per-minute) or its window ends.
+    tightest: tuple[int, ...] = (0, 0, 0, 0, 0, 0)
+    used: int = 0  # refused: what the refusing limit had used
     check: Check | None = None
     retry_after: float = 0.0
     cooling: bool = False
@@ -235,9 +236,9 @@ ACQUIRE_LUA = """
 -- "base|cooldown;kind,unit,limit,window,key;..." (kind "s" sliding / "f" fixed; unit "r" requests / "t"
 -- tokens; window: the window's length (sliding) or its reset time in ms (fixed); cooldown and key: indexes
 -- into KEYS after `base`, cooldown 0 for none); then one "plan,tokens" per request.
--- Returns one string, the requests' answers joined by ";", each a list of numbers joined by ",":
--- 1,used...,resets... when admitted; 0,index,used,retry_ms when refused by check `index`; 0,0,0,ms_left when
--- the deployment is parked; -1,index when a fixed counter is missing.
+-- Returns seven integers per request: 1 and the tightest requests and tokens limits (index, used, reset_ms
+-- each; index 0 for none) when admitted; 0,index,used,retry_ms when refused by check `index`; 0,0,0,ms_left
+-- when the deployment is parked; -1,index when a fixed counter is missing (unused places are 0).
 local now = tonumber(ARGV[1])
 local second = math.floor(now / 1000)
 -- A per-minute window is a hash of one-second buckets plus two fields: 't', the sum of the live buckets,
@@ -310,19 +311,21 @@ local function answer(plan, tokens)
     local key = KEYS[cool]
     if parked[key] == nil then parked[key] = tonumber(redis.call('GET', key) or '0') end
     -- The key holds "until" in our clock (which tests can move), not Redis' own.
-    if parked[key] > now then return {0, 0, 0, parked[key] - now} end
+    if parked[key] > now then return {0, 0, 0, parked[key] - now, 0, 0, 0} end
   end
-  local checks, used, resets = plan[2], {}, {}
+  local checks = plan[2]
+  -- Per unit (requests at 1, tokens at 4): the check with the least room, what it had used, its reset.
+  local best, room = {0, 0, 0, 0, 0, 0}, {}
   for i, check in ipairs(checks) do
     local kind, limit, w, k = check[1], check[3], check[4], check[5]
     local cost = check[2] and tokens or 1
+    local used, reset
     if kind == 's' then
       local win = windows[k]
       if not win then win = load(k, w) windows[k] = win end
-      if win.total + cost > limit then return {0, i, win.total, retry_in(k, win, cost, limit)} end
-      used[i] = win.total
-      resets[i] = 0
-      if win.oldest then resets[i] = (win.oldest + 1) * 1000 + w - now end
+      if win.total + cost > limit then return {0, i, win.total, retry_in(k, win, cost, limit), 0, 0, 0} end
+      used, reset = win.total, 0
+      if win.oldest then reset = (win.oldest + 1) * 1000 + w - now end
     else
       local counter = counters[k]
       if counter == nil then
@@ -330,10 +333,13 @@ local function answer(plan, tokens)
         counter = v and {value = tonumber(v), added = 0} or false
         counters[k] = counter
       end
-      if not counter then return {-1, i} end
-      if counter.value + cost > limit then return {0, i, counter.value, w - now} end
-      used[i] = counter.value
-      resets[i] = w - now
+      if not counter then return {-1, i, 0, 0, 0, 0, 0} end
+      if counter.value + cost > limit then return {0, i, counter.value, w - now, 0, 0, 0} end
+      used, reset = counter.value, w - now
+    end
+    local at = check[2] and 4 or 1
+    if best[at] == 0 or limit - used < room[at] then
+      best[at], best[at + 1], best[at + 2], room[at] = i, used, reset, limit - used
     end
   end
   -- Every limit has room: count the request in all of them.
@@ -350,10 +356,7 @@ local function answer(plan, tokens)
       counters[k].added = counters[k].added + cost
     end
   end
-  local out = {1}
-  for i = 1, #checks do out[#out + 1] = used[i] end
-  for i = 1, #checks do out[#out + 1] = resets[i] end
-  return out
+  return {1, best[1], best[2], best[3], best[4], best[5], best[6]}
 end
 local plans = {}
 local nplans = tonumber(ARGV[2])
@@ -370,8 +373,9 @@ end
 local replies = {}
 for r = 3 + nplans, #ARGV do
   local p, tokens = string.match(ARGV[r], '(%d+),(%d+)')
-  -- Numbers print as integers here (all are below 2^53 and whole), so the client can split and int() them.
-  replies[#replies + 1] = table.concat(answer(plans[tonumber(p)], tonumber(tokens)), ',')
+  -- Seven integers per request in one flat array: Redis sends integers as they are, where turning them into
+  -- text here (or nesting arrays for the client to walk) would cost more than the checks themselves.
+  for _, n in ipairs(answer(plans[tonumber(p)], tonumber(tokens))) do replies[#replies + 1] = n end
 end
 for key, win in pairs(windows) do
   if win.counted then
@@ -388,7 +392,7 @@ end
 for key, counter in pairs(counters) do
   if counter and counter.added > 0 then redis.call('INCRBY', key, counter.added) end
 end
-return table.concat(replies, ';')
+return replies
 """
 
 # KEYS: one per correction (a key may repeat). ARGV: "kind,bucket,delta;..." packed in one argument.
@@ -575,26 +579,24 @@ ADJUST_SCRIPT = resp.Script(ADJUST_LUA)
 
 
 def _answer_batch(batch: list[tuple[Plan, int, int, asyncio.Future[Any]]], now_ms: int, reply: Any) -> None:
-    answers = None if isinstance(reply, BaseException) else reply.split(b";")
+    failed = isinstance(reply, BaseException)
     for i, (_, _, _, future) in enumerate(batch):
         if future.done():
             continue  # its caller gave up (the client left)
-        if answers is None:
+        if failed:
             future.set_exception(reply)
         else:
-            future.set_result((now_ms, answers[i]))
+            future.set_result((now_ms, reply[7 * i : 7 * i + 7]))
 
 
-def _outcome(plan: Plan, answer: bytes, at_ms: int) -> Outcome:
-    reply = [int(n) for n in answer.split(b",")]
+def _outcome(plan: Plan, reply: list[int], at_ms: int) -> Outcome:
     if reply[0] == 1:
-        n = len(plan.checks)
-        return Outcome(True, used=reply[1 : 1 + n], resets_ms=reply[1 + n : 1 + 2 * n], at_ms=at_ms)
+        return Outcome(True, tightest=tuple(reply[1:]), at_ms=at_ms)
     if reply[0] == -1:
         return Outcome(False, missing=reply[1] - 1)
     if reply[1] == 0:
         return Outcome(False, retry_after=max(reply[3], 0) / 1000, cooling=True)
-    return Outcome(False, check=plan.checks[reply[1] - 1], used=[reply[2]], retry_after=max(reply[3], 0) / 1000)
+    return Outcome(False, check=plan.checks[reply[1] - 1], used=reply[2], retry_after=max(reply[3], 0) / 1000)
 
 
 # --- In-process store ------------------------------------------------------------------------------------
@@ -630,7 +632,8 @@ class MemoryStore:
         cool = plan.cooldown
         if cool and self.parked.get(cool, 0) > now_ms:
             return Outcome(False, retry_after=(self.parked[cool] - now_ms) / 1000, cooling=True)
-        used, resets = [], []
+        best = [0, 0, 0, 0, 0, 0]  # as the Lua script's: per unit, the check with the least room
+        room = [0, 0, 0, 0, 0, 0]
         for i, c in enumerate(plan.checks):
             cost = c.cost(tokens)
             if c.limit.sliding:
@@ -638,16 +641,17 @@ class MemoryStore:
                 u, reset = _window_usage(buckets, now_ms, c.window_ms)
                 if u + cost > c.limit.value:
                     retry = _sliding_retry(buckets, u + cost - c.limit.value, c, now_ms)
-                    return Outcome(False, check=c, used=[u], retry_after=retry)
+                    return Outcome(False, check=c, used=u, retry_after=retry)
             else:
                 value = self._fixed(c.key, now_ms)
                 if value is None:
                     return Outcome(False, missing=i)
                 u, reset = value, c.window_ms - now_ms
                 if u + cost > c.limit.value:
-                    return Outcome(False, check=c, used=[u], retry_after=(c.window_ms - now_ms) / 1000)
-            used.append(u)
-            resets.append(reset)
+                    return Outcome(False, check=c, used=u, retry_after=(c.window_ms - now_ms) / 1000)
+            at = 0 if c.limit.unit == "requests" else 3
+            if best[at] == 0 or c.limit.value - u < room[at]:
+                best[at : at + 3], room[at] = [i + 1, u, reset], c.limit.value - u
         bucket = now_ms // 1000
         for c in plan.checks:
             if c.limit.sliding:
@@ -656,7 +660,7 @@ class MemoryStore:
             else:
                 value, expires = self.fixed[c.key]
                 self.fixed[c.key] = (value + c.cost(tokens), expires)
-        return Outcome(True, used=used, resets_ms=resets, at_ms=now_ms)
+        return Outcome(True, tightest=tuple(best), at_ms=now_ms)
 
     async def seed(self, key: str, value: int, expire_at_ms: int) -> None:
         with self.lock:
@@ -827,18 +831,15 @@ class Admission:
     def headers(self) -> list[tuple[bytes, bytes]]:
         """x-ratelimit-* (encoded) for the tightest request and token limits this request was counted against."""
         out: list[tuple[bytes, bytes]] = []
-        checks, used, resets = self.plan.checks, self.outcome.used, self.outcome.resets_ms
-        for names, indexes in self.plan.units:
-            tightest, room = -1, 0
-            for i in indexes:
-                if tightest < 0 or checks[i].limit.value - used[i] < room:
-                    tightest, room = i, checks[i].limit.value - used[i]
-            if tightest < 0:
+        tightest = self.outcome.tightest
+        for at, names in ((0, _HEADER_NAMES["requests"]), (3, _HEADER_NAMES["tokens"])):
+            index, used, reset_ms = tightest[at : at + 3]
+            if not index:
                 continue
-            limit = checks[tightest].limit
+            limit = self.plan.checks[index - 1].limit
             cost = 1 if limit.unit == "requests" else self.estimated_tokens
-            reset_ms = resets[tightest] or (MINUTE_MS if limit.sliding else 0)
-            out += ((names[0], b"%d" % limit.value), (names[1], b"%d" % max(room - cost, 0)),
+            reset_ms = reset_ms or (MINUTE_MS if limit.sliding else 0)
+            out += ((names[0], b"%d" % limit.value), (names[1], b"%d" % max(limit.value - used - cost, 0)),
                     (names[2], format_duration(reset_ms / 1000).encode()))
         return out
 

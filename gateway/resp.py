@@ -69,8 +69,15 @@ def parse(buf: bytearray, pos: int) -> tuple[Any, int]:
             return None, pos
         items = []
         for _ in range(count):
-            item, pos = parse(buf, pos)
-            items.append(item)
+            if pos < len(buf) and buf[pos] == 0x3A:  # an integer (the quota script's replies): no call
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    raise _Incomplete
+                items.append(int(buf[pos + 1 : end]))
+                pos = end + 2
+            else:
+                item, pos = parse(buf, pos)
+                items.append(item)
         return items, pos
     if kind == 0x2B:  # '+' simple string
         return line.decode(), pos

@@ -242,7 +242,7 @@ def test_the_redis_store_and_the_in_process_store_agree_step_by_step(settings) -
                 calls += script_calls() - before
                 memory_outcomes = [await stores[1].acquire(plan, tokens, now_ms) for _, tokens, plan in burst]
                 for (_, tokens, plan), *outcomes in zip(burst, redis_outcomes, memory_outcomes, strict=True):
-                    answers.append(tuple((o.admitted, o.used, o.resets_ms, round(o.retry_after, 3), o.cooling,
+                    answers.append(tuple((o.admitted, o.tightest, o.used, round(o.retry_after, 3), o.cooling,
                                           o.check.limit.name if o.check else None, o.at_ms) for o in outcomes))
                     if outcomes[0].admitted and rng.random() < 0.6:
                         delta = rng.randint(-tokens + 1, 40)
