@@ -20,6 +20,7 @@ import datetime as dt
 import os
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,7 +60,9 @@ WORKERS = 2
 NON_STREAMING_LEVELS = (1, 16, 32, 64)
 STREAMING_LEVELS = (1, 16, 32)
 QUOTA_CONCURRENCY = 32
-QUOTA_ROUNDS = 8  # short interleaved rounds: a change in the machine's load hits both sides alike
+# Short interleaved rounds, in ABBA order: a change in the machine's speed (on a shared host it swings by a fifth
+# within seconds) hits both sides alike, and each round's pair gives a difference of its own.
+QUOTA_ROUNDS = 16
 # Variables of the caller's environment the portal must not see: real provider keys, another database.
 SCRUBBED_ENV = (
     "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "PORTAL_CONFIG", "OPENROUTER_API_KEY", "GEMINI_API_KEY",
@@ -343,8 +346,9 @@ def run_quota_comparison(servers: Servers, plan: Plan, concurrency: int) -> tupl
     parts: dict[str, list[LevelResult]] = {"without_limits": [], "with_limits": []}
     cpu: dict[str, list[float]] = {"without_limits": [], "with_limits": []}
     scripts: dict[str, list[float]] = {"without_limits": [0, 0.0], "with_limits": [0, 0.0]}
-    for _ in range(QUOTA_ROUNDS):
-        for name, target in (("without_limits", off), ("with_limits", on)):
+    for number in range(QUOTA_ROUNDS):
+        pair = (("without_limits", off), ("with_limits", on))
+        for name, target in pair if number % 2 == 0 else pair[::-1]:
             calls, usec = redis_script_time(redis)
             result, cpu_ms = measure(target, servers.portal, False, concurrency, plan,
                                      requests=per_round, seconds=plan.seconds * 2 / QUOTA_ROUNDS)
@@ -367,6 +371,11 @@ def run_quota_comparison(servers: Servers, plan: Plan, concurrency: int) -> tupl
     on_run, off_run = summary["with_limits"], summary["without_limits"]
     summary["p50_diff_ms"] = report.diff(on_run["p50_ms"], off_run["p50_ms"])
     summary["p99_diff_ms"] = report.diff(on_run["p99_ms"], off_run["p99_ms"])
+    # The same difference taken round by round (the two halves of a round ran back to back), then its median:
+    # a round where the machine was slow for both sides does not weigh on it.
+    per_round = [b.summary()["p50_ms"] - a.summary()["p50_ms"]
+                 for a, b in zip(parts["without_limits"], parts["with_limits"], strict=True)]
+    summary["paired_p50_diff_ms"] = round(statistics.median(per_round), 2)
     # Work per request, which the machine's other load does not inflate: portal CPU plus Redis script time.
     summary["work_diff_ms"] = round(
         on_run["cpu_ms_per_request"] - off_run["cpu_ms_per_request"]
@@ -400,8 +409,17 @@ def commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
+def python_speed() -> float:
+    """CPU nanoseconds per iteration of a plain Python loop: how fast this machine runs Python right now. On a
+    shared host it moves with the neighbours' load, and every figure here moves with it."""
+    started, total = time.process_time(), 0
+    for i in range(2_000_000):
+        total += i
+    return round((time.process_time() - started) / 2_000_000 * 1e9, 1)
+
+
 def run(plan: Plan, args: argparse.Namespace, children: Children, run_dir: Path) -> dict[str, Any]:
-    load_before = load_average()
+    load_before, speed_before = load_average(), python_speed()
     started = dt.datetime.now(dt.UTC)
     mock, mock_url = start_mock(children, "mock", 0.0)
     paced, paced_url = start_mock(children, "mock-paced", PACE_SECONDS)
@@ -447,7 +465,7 @@ def run(plan: Plan, args: argparse.Namespace, children: Children, run_dir: Path)
     usage = orjson.loads(run_django(servers.env, ["bench/portal_setup.py", "usage", "--expect",
                                                    str(portal_requests), "--timeout", "15"]).strip().splitlines()[-1])
     usage["expected"] = portal_requests
-    load_after = load_average()
+    load_after, speed_after = load_average(), python_speed()
     results: dict[str, Any] = {
         "meta": {
             "started": started.isoformat(timespec="seconds"),
@@ -458,6 +476,7 @@ def run(plan: Plan, args: argparse.Namespace, children: Children, run_dir: Path)
             "loadavg_before": " ".join(f"{x:.2f}" for x in load_before),
             "loadavg_after": " ".join(f"{x:.2f}" for x in load_after),
             "busy": max(load_before[0], load_after[0]) > 0.5,
+            "python_ns_per_loop": [speed_before, speed_after],
             "workers": WORKERS,
             "database": database,
             "redis": bool(redis),
