@@ -25,7 +25,7 @@ import threading
 import zoneinfo
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 from asgiref.sync import sync_to_async
@@ -200,8 +200,7 @@ class Outcome:
     at_ms: int = 0  # when it was counted (admitted only): its per-minute buckets are that second's
 
 
-@dataclass(frozen=True)
-class Correction:
+class Correction(NamedTuple):  # made for every request: a tuple is built several times faster than a dataclass
     """Tokens to give back (negative) or add to one counter, once a call's real usage is known."""
 
     key: str
@@ -305,26 +304,29 @@ local function retry_in(key, win, cost, limit)
   end
   return win.w
 end
+-- One request: seven numbers (see above), returned as values, not a table (the client's reply is built from
+-- them directly; a table per request costs as much as the checks).
 local function answer(plan, tokens)
   local cool = plan[1]
-  if cool > 0 then
-    local key = KEYS[cool]
-    if parked[key] == nil then parked[key] = tonumber(redis.call('GET', key) or '0') end
+  if cool then
+    if parked[cool] == nil then parked[cool] = tonumber(redis.call('GET', cool) or '0') end
     -- The key holds "until" in our clock (which tests can move), not Redis' own.
-    if parked[key] > now then return {0, 0, 0, parked[key] - now, 0, 0, 0} end
+    if parked[cool] > now then return 0, 0, 0, parked[cool] - now, 0, 0, 0 end
   end
-  local checks = plan[2]
-  -- Per unit (requests at 1, tokens at 4): the check with the least room, what it had used, its reset.
-  local best, room = {0, 0, 0, 0, 0, 0}, {}
-  for i, check in ipairs(checks) do
-    local kind, limit, w, k = check[1], check[3], check[4], check[5]
-    local cost = check[2] and tokens or 1
+  local checks, n = plan[2], plan[3]
+  -- Per unit, the check with the least room: its number, what it had used, its reset, its room.
+  local ri, ru, rr, rroom, ti, tu, tr, troom = 0, 0, 0, 0, 0, 0, 0, 0
+  for i = 1, n do
+    local check = checks[i]
+    local sliding, by_tokens, limit, w, k = check[1], check[2], check[3], check[4], check[5]
+    local cost = by_tokens and tokens or 1
     local used, reset
-    if kind == 's' then
+    if sliding then
       local win = windows[k]
       if not win then win = load(k, w) windows[k] = win end
-      if win.total + cost > limit then return {0, i, win.total, retry_in(k, win, cost, limit), 0, 0, 0} end
-      used, reset = win.total, 0
+      used = win.total
+      if used + cost > limit then return 0, i, used, retry_in(k, win, cost, limit), 0, 0, 0 end
+      reset = 0
       if win.oldest then reset = (win.oldest + 1) * 1000 + w - now end
     else
       local counter = counters[k]
@@ -333,30 +335,34 @@ local function answer(plan, tokens)
         counter = v and {value = tonumber(v), added = 0} or false
         counters[k] = counter
       end
-      if not counter then return {-1, i, 0, 0, 0, 0, 0} end
-      if counter.value + cost > limit then return {0, i, counter.value, w - now, 0, 0, 0} end
-      used, reset = counter.value, w - now
+      if not counter then return -1, i, 0, 0, 0, 0, 0 end
+      used = counter.value
+      if used + cost > limit then return 0, i, used, w - now, 0, 0, 0 end
+      reset = w - now
     end
-    local at = check[2] and 4 or 1
-    if best[at] == 0 or limit - used < room[at] then
-      best[at], best[at + 1], best[at + 2], room[at] = i, used, reset, limit - used
+    if by_tokens then
+      if ti == 0 or limit - used < troom then ti, tu, tr, troom = i, used, reset, limit - used end
+    elseif ri == 0 or limit - used < rroom then
+      ri, ru, rr, rroom = i, used, reset, limit - used
     end
   end
   -- Every limit has room: count the request in all of them.
-  for _, check in ipairs(checks) do
+  for i = 1, n do
+    local check = checks[i]
     local k, cost = check[5], check[2] and tokens or 1
-    if check[1] == 's' then
+    if check[1] then
       local win = windows[k]
       win.total = win.total + cost
       win.added = win.added + cost
       win.counted = true
       if not win.oldest or second < win.oldest then win.oldest = second end
     else
-      counters[k].value = counters[k].value + cost
-      counters[k].added = counters[k].added + cost
+      local counter = counters[k]
+      counter.value = counter.value + cost
+      counter.added = counter.added + cost
     end
   end
-  return {1, best[1], best[2], best[3], best[4], best[5], best[6]}
+  return 1, ri, ru, rr, ti, tu, tr
 end
 local plans = {}
 local nplans = tonumber(ARGV[2])
@@ -366,16 +372,19 @@ for p = 1, nplans do
   local checks = {}
   for kind, unit, limit, w, k in string.gmatch(rest, '(%a),(%a),(%d+),(%d+),(%d+)') do
     -- By name: plans that share a counter (a key's limits, a pool's) share its state within the batch.
-    checks[#checks + 1] = {kind, unit == 't', tonumber(limit), tonumber(w), KEYS[base + tonumber(k)]}
+    checks[#checks + 1] = {kind == 's', unit == 't', tonumber(limit), tonumber(w), KEYS[base + tonumber(k)]}
   end
-  plans[p] = {cool > 0 and base + cool or 0, checks}
+  plans[p] = {cool > 0 and KEYS[base + cool] or false, checks, #checks}
 end
-local replies = {}
+-- Seven integers per request in one flat array: Redis sends integers as they are, where turning them into
+-- text here (or nesting arrays for the client to walk) would cost more than the checks themselves.
+local replies, m = {}, 0
 for r = 3 + nplans, #ARGV do
   local p, tokens = string.match(ARGV[r], '(%d+),(%d+)')
-  -- Seven integers per request in one flat array: Redis sends integers as they are, where turning them into
-  -- text here (or nesting arrays for the client to walk) would cost more than the checks themselves.
-  for _, n in ipairs(answer(plans[tonumber(p)], tonumber(tokens))) do replies[#replies + 1] = n end
+  local a, b, c, d, e, f, g = answer(plans[tonumber(p)], tonumber(tokens))
+  replies[m + 1], replies[m + 2], replies[m + 3], replies[m + 4] = a, b, c, d
+  replies[m + 5], replies[m + 6], replies[m + 7] = e, f, g
+  m = m + 7
 end
 for key, win in pairs(windows) do
   if win.counted then
