@@ -310,3 +310,39 @@ def test_a_request_refused_in_the_burst_that_filled_the_window_waits_for_that_bu
     together, one_by_one = run(main())
     # Counted in second 1_800_000_000, which stops counting a minute after it ends: 60.6 s from now.
     assert together == one_by_one == [(True, 0.0)] * 3 + [(False, 60.6)] * 2
+
+
+@needs_redis
+def test_requests_that_arrive_while_a_quota_call_is_out_go_together_in_the_next(settings) -> None:
+    """At most one admission call per worker is out at a time: the next carries everyone who came meanwhile."""
+    import uuid
+
+    from gateway.quota import Limit, Plan, RedisStore
+
+    settings.REDIS_URL = REDIS_URL
+    scope = uuid.uuid4().hex
+    plan = Plan([Limit("deployment", scope, "test", "rpm", 100)], 1_800_000_000.0)
+    admin = redis.Redis.from_url(REDIS_URL)
+
+    async def main() -> tuple[int, list[bool]]:
+        store = RedisStore(REDIS_URL)
+        try:
+            await store.acquire(plan, 1, 1_800_000_000_000)  # connected, and the script known to Redis
+            before = script_calls()
+            admin.client_pause(300, all=False)  # Redis holds scripts (writes) back: the first call stays out
+            first = asyncio.ensure_future(store.acquire(plan, 1, 1_800_000_000_000))
+            later = []
+            for _ in range(5):  # each in a turn of the loop of its own
+                await asyncio.sleep(0.01)
+                later.append(asyncio.ensure_future(store.acquire(plan, 1, 1_800_000_000_000)))
+            outcomes = await asyncio.gather(first, *later)
+            return script_calls() - before, [o.admitted for o in outcomes]
+        finally:
+            for key in admin.scan_iter(f"q:*{scope}*"):
+                admin.delete(key)
+            await store.aclose()
+
+    calls, admitted = run(main())
+    admin.close()
+    assert admitted == [True] * 6
+    assert calls == 2

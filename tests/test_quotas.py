@@ -78,6 +78,18 @@ def test_successful_responses_carry_rate_limit_headers(portal, master_key, upstr
     assert second.headers["x-ratelimit-reset-requests"].endswith("s")
 
 
+def test_the_token_headers_describe_the_tightest_token_limit(portal, master_key, upstream, transactional_db):
+    make_deployment(make_provider(upstream), tpm=100_000, tpd=5_000)
+    body = {"model": "test-model", "messages": HELLO, "max_tokens": 100}
+    response = post_chat(portal, master_key, max_tokens=100)
+    assert response.status_code == 200
+    # The day's 5,000 tokens leave less room than the minute's 100,000: the headers speak of the day.
+    assert response.headers["x-ratelimit-limit-tokens"] == "5000"
+    assert response.headers["x-ratelimit-remaining-tokens"] == str(5_000 - quota.estimate_tokens(body))
+    assert response.headers["x-ratelimit-reset-tokens"].endswith("s")
+    assert "x-ratelimit-limit-requests" not in response.headers  # no request limit to speak of
+
+
 def test_the_sliding_window_frees_a_slot_a_minute_after_it_was_used(portal, master_key, upstream, transactional_db):
     make_deployment(make_provider(upstream), rpm=2)
     assert [post_chat(portal, master_key).status_code for _ in range(3)] == [200, 200, 429]
