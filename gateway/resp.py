@@ -210,6 +210,7 @@ class Client:
         self.timeout = timeout
         self._connection: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
 
     async def call(self, *args: Any) -> Any:
         connection = self._connection
@@ -232,17 +233,22 @@ class Client:
         The NOSCRIPT fallback and a first connect take the async path."""
         connection = self._connection
         if connection is None or connection.closed:
-            asyncio.ensure_future(self.run(script, keys, args)).add_done_callback(lambda f: _deliver(f, on_reply))
+            self._track(asyncio.ensure_future(self.run(script, keys, args)), on_reply)
             return
 
         def first(reply: Any) -> None:
             if isinstance(reply, redis.exceptions.ResponseError) and str(reply).startswith("NOSCRIPT"):
-                retry = asyncio.ensure_future(self.call("EVAL", script.source, len(keys), *keys, *args))
-                retry.add_done_callback(lambda f: _deliver(f, on_reply))
+                self._track(asyncio.ensure_future(self.call("EVAL", script.source, len(keys), *keys, *args)), on_reply)
             else:
                 on_reply(reply)
 
         connection.request_now(encode(("EVALSHA", script.sha, len(keys), *keys, *args)), first)
+
+    def _track(self, task: asyncio.Future[Any], on_reply: OnReply) -> None:
+        # Held until done (the loop keeps only weak references to tasks), then its result handed on.
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda done: _deliver(done, on_reply))
 
     async def aclose(self) -> None:
         if self._connection is not None:

@@ -346,3 +346,31 @@ def test_requests_that_arrive_while_a_quota_call_is_out_go_together_in_the_next(
     admin.close()
     assert admitted == [True] * 6
     assert calls == 2
+
+
+@needs_redis
+def test_the_quota_store_sends_its_script_again_when_redis_has_forgotten_it(settings) -> None:
+    """As after a Redis restart: EVALSHA says NOSCRIPT, the batch goes again with EVAL and is answered."""
+    import uuid
+
+    from gateway.quota import Limit, Plan, RedisStore
+
+    settings.REDIS_URL = REDIS_URL
+    scope = uuid.uuid4().hex
+    plan = Plan([Limit("deployment", scope, "test", "rpm", 2)], 1_800_000_000.0)
+    admin = redis.Redis.from_url(REDIS_URL)
+
+    async def main() -> list[bool]:
+        store = RedisStore(REDIS_URL)
+        try:
+            first = await store.acquire(plan, 1, 1_800_000_000_000)  # connected, script known
+            admin.script_flush()
+            later = await asyncio.gather(*(store.acquire(plan, 1, 1_800_000_000_000) for _ in range(2)))
+            return [first.admitted, *(o.admitted for o in later)]
+        finally:
+            for key in admin.scan_iter(f"q:*{scope}*"):
+                admin.delete(key)
+            await store.aclose()
+
+    assert run(main()) == [True, True, False]  # the limit of 2 still holds across the resend
+    admin.close()
