@@ -9,6 +9,7 @@ with the in-process cache (embedded default, one process) it is immediate.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +17,12 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
+from django.db import InterfaceError, OperationalError
 
 from gateway import db, redact
 from gateway.quota import Limit
+
+log = logging.getLogger(__name__)
 
 VERSION_KEY = "gateway:catalog-version"
 
@@ -198,7 +202,17 @@ async def get() -> Snapshot:
     async with _state.lock:
         # Another request may have reloaded while we waited for the lock.
         if _state.snapshot is None or _state.version != version:
-            _state.snapshot = await sync_to_async(db.managed(build_snapshot))()
+            try:
+                _state.snapshot = await sync_to_async(db.managed(build_snapshot))()
+            except (OperationalError, InterfaceError):
+                if _state.snapshot is None:
+                    raise  # nothing to serve: the request gets its 503
+                # The database is away: keep serving the catalog we have (as when the cache is away), and try
+                # again next interval. (A Redis restart loses the version key, so the first check after it
+                # asks for a reload: that must not fail requests if the database is the one away then.)
+                log.warning("could not reload the catalog (database unreachable); serving the one held")
+                _state.checked_at = time.monotonic()
+                return _state.snapshot
             _state.version = version
         _state.checked_at = time.monotonic()
         return _state.snapshot

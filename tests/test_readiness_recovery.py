@@ -17,8 +17,10 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import redis
 from django.conf import settings
 
+from gateway import catalog
 from tests import private_services
 from tests.mock_upstream import MockUpstream
 from tests.processes import PortalProcess
@@ -232,7 +234,12 @@ def test_losing_postgres_serves_from_memory_and_the_portal_recovers_when_it_retu
     assert status == 503 and body["db"].startswith("error"), body
     assert body["cache"] == "ok" and body["broker"] == "ok", body
 
-    # The catalog is in memory and the keys in the cache: requests are still served.
+    # The catalog is in memory and the keys in the cache: requests are still served. Even when the catalog is
+    # told to reload meanwhile (as after a Redis restart, which loses its version, or an edit made elsewhere).
+    cache = redis.Redis.from_url(stack.redis.url(0))
+    cache.set(f"portal:1:{catalog.VERSION_KEY}", 987_654)  # the portal's cache key (default prefix, version 1)
+    cache.close()
+    time.sleep(settings.CATALOG_REFRESH_SECONDS * 3)
     down = stack.load.wait_for("postgres down", 8)
     assert [o.status for o in down] == [200] * len(down), down
     assert {o.key for o in down} == {"master", "alice"}
