@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +14,7 @@ import redis
 import redis.exceptions
 
 from gateway import resp
+from gateway.quota import Correction, Limit, MemoryStore, Plan, RedisStore
 from tests.processes import free_port
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -48,6 +50,18 @@ def silent_server() -> Iterator[int]:
     for conn in held:
         conn.close()
     listener.close()
+
+
+@pytest.fixture
+def scope(settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A name of its own for the test's quota counters in the shared Redis; they are deleted after it."""
+    settings.REDIS_URL = REDIS_URL
+    name = uuid.uuid4().hex
+    yield name
+    client = redis.Redis.from_url(REDIS_URL)
+    for key in client.scan_iter(f"q:*{name}*"):
+        client.delete(key)
+    client.close()
 
 
 @needs_redis
@@ -191,18 +205,13 @@ STEPS = [0, 100, 300, 700, 1000, 1500, 2500, 5000, 30_000, 59_700, 60_300, 61_00
 
 
 @needs_redis
-def test_the_redis_store_and_the_in_process_store_agree_step_by_step(settings) -> None:
+def test_the_redis_store_and_the_in_process_store_agree_step_by_step(scope: str) -> None:
     """The same random sequence of checks, corrections and clock steps gives the same answers from the Lua
     script and from the in-process store (the embedded default): used, reset times, refusals, retry delays.
     Requests come one at a time and in bursts: a burst is answered by one script call on Redis, request
     after request on the in-process store, and the answers must still be the same."""
     import random
-    import uuid
 
-    from gateway.quota import Correction, Limit, MemoryStore, Plan, RedisStore
-
-    settings.REDIS_URL = REDIS_URL
-    scope = uuid.uuid4().hex
     key_limits = [Limit("key", scope, "test", "rpd", 150), Limit("key", scope, "test", "rpm", 20)]
     plans = [  # two deployments behind one key: a burst mixes requests that share some counters, not all
         [Limit("deployment", scope, "test", "rpm", 12), Limit("deployment", scope, "test", "tpm", 900), *key_limits],
@@ -255,10 +264,6 @@ def test_the_redis_store_and_the_in_process_store_agree_step_by_step(settings) -
             answers.append(tuple(sorted({check.pttl(key) > 0 for key in check.scan_iter(f"q:*{scope}*")})))
             check.close()
         finally:
-            cleanup = redis.Redis.from_url(REDIS_URL)
-            for key in cleanup.scan_iter(f"q:*{scope}*"):
-                cleanup.delete(key)
-            cleanup.close()
             await stores[0].aclose()
         return answers, bursts, calls
 
@@ -282,14 +287,8 @@ def script_calls() -> int:
 
 
 @needs_redis
-def test_a_request_refused_in_the_burst_that_filled_the_window_waits_for_that_burst_to_expire(settings) -> None:
+def test_a_request_refused_in_the_burst_that_filled_the_window_waits_for_that_burst_to_expire(scope: str) -> None:
     """The burst's own requests are not in Redis yet when the script works out the refused one's retry delay."""
-    import uuid
-
-    from gateway.quota import Limit, MemoryStore, Plan, RedisStore
-
-    settings.REDIS_URL = REDIS_URL
-    scope = uuid.uuid4().hex
     limits = [Limit("deployment", scope, "test", "rpm", 3)]
     now_ms = 1_800_000_000_400
 
@@ -299,10 +298,6 @@ def test_a_request_refused_in_the_burst_that_filled_the_window_waits_for_that_bu
         try:
             together = await asyncio.gather(*(redis_store.acquire(plan, 1, now_ms) for _ in range(5)))
         finally:
-            cleanup = redis.Redis.from_url(REDIS_URL)
-            for key in cleanup.scan_iter(f"q:*{scope}*"):
-                cleanup.delete(key)
-            cleanup.close()
             await redis_store.aclose()
         one_by_one = [await memory_store.acquire(plan, 1, now_ms) for _ in range(5)]
         return ([(o.admitted, o.retry_after) for o in together], [(o.admitted, o.retry_after) for o in one_by_one])
@@ -313,14 +308,8 @@ def test_a_request_refused_in_the_burst_that_filled_the_window_waits_for_that_bu
 
 
 @needs_redis
-def test_requests_that_arrive_while_a_quota_call_is_out_go_together_in_the_next(settings) -> None:
+def test_requests_that_arrive_while_a_quota_call_is_out_go_together_in_the_next(scope: str) -> None:
     """At most one admission call per worker is out at a time: the next carries everyone who came meanwhile."""
-    import uuid
-
-    from gateway.quota import Limit, Plan, RedisStore
-
-    settings.REDIS_URL = REDIS_URL
-    scope = uuid.uuid4().hex
     plan = Plan([Limit("deployment", scope, "test", "rpm", 100)], 1_800_000_000.0)
     admin = redis.Redis.from_url(REDIS_URL)
 
@@ -338,8 +327,6 @@ def test_requests_that_arrive_while_a_quota_call_is_out_go_together_in_the_next(
             outcomes = await asyncio.gather(first, *later)
             return script_calls() - before, [o.admitted for o in outcomes]
         finally:
-            for key in admin.scan_iter(f"q:*{scope}*"):
-                admin.delete(key)
             await store.aclose()
 
     calls, admitted = run(main())
@@ -349,14 +336,8 @@ def test_requests_that_arrive_while_a_quota_call_is_out_go_together_in_the_next(
 
 
 @needs_redis
-def test_the_quota_store_sends_its_script_again_when_redis_has_forgotten_it(settings) -> None:
+def test_the_quota_store_sends_its_script_again_when_redis_has_forgotten_it(scope: str) -> None:
     """As after a Redis restart: EVALSHA says NOSCRIPT, the batch goes again with EVAL and is answered."""
-    import uuid
-
-    from gateway.quota import Limit, Plan, RedisStore
-
-    settings.REDIS_URL = REDIS_URL
-    scope = uuid.uuid4().hex
     plan = Plan([Limit("deployment", scope, "test", "rpm", 2)], 1_800_000_000.0)
     admin = redis.Redis.from_url(REDIS_URL)
 
@@ -368,8 +349,6 @@ def test_the_quota_store_sends_its_script_again_when_redis_has_forgotten_it(sett
             later = await asyncio.gather(*(store.acquire(plan, 1, 1_800_000_000_000) for _ in range(2)))
             return [first.admitted, *(o.admitted for o in later)]
         finally:
-            for key in admin.scan_iter(f"q:*{scope}*"):
-                admin.delete(key)
             await store.aclose()
 
     assert run(main()) == [True, True, False]  # the limit of 2 still holds across the resend
