@@ -845,8 +845,8 @@ class Admission:
             index, used, reset_ms = tightest[at : at + 3]
             if not index:
                 continue
-            limit = self.plan.checks[index - 1].limit
-            cost = 1 if limit.unit == "requests" else self.estimated_tokens
+            check = self.plan.checks[index - 1]
+            limit, cost = check.limit, check.cost(self.estimated_tokens)
             reset_ms = reset_ms or (MINUTE_MS if limit.sliding else 0)
             out += ((names[0], b"%d" % limit.value), (names[1], b"%d" % max(limit.value - used - cost, 0)),
                     (names[2], format_duration(reset_ms / 1000).encode()))

@@ -182,6 +182,11 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
+def _forgotten(error: redis.exceptions.ResponseError) -> bool:
+    """Redis does not know the script (restarted, or SCRIPT FLUSH): it must be sent whole, with EVAL."""
+    return str(error).startswith("NOSCRIPT")
+
+
 def _deliver(done: asyncio.Future[Any], on_reply: OnReply) -> None:
     on_reply(asyncio.CancelledError() if done.cancelled() else done.exception() or done.result())
 
@@ -223,7 +228,7 @@ class Client:
         try:
             return await self.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except redis.exceptions.ResponseError as e:
-            if not str(e).startswith("NOSCRIPT"):
+            if not _forgotten(e):
                 raise
             return await self.call("EVAL", script.source, len(keys), *keys, *args)
 
@@ -237,7 +242,7 @@ class Client:
             return
 
         def first(reply: Any) -> None:
-            if isinstance(reply, redis.exceptions.ResponseError) and str(reply).startswith("NOSCRIPT"):
+            if isinstance(reply, redis.exceptions.ResponseError) and _forgotten(reply):
                 self._track(asyncio.ensure_future(self.call("EVAL", script.source, len(keys), *keys, *args)), on_reply)
             else:
                 on_reply(reply)
