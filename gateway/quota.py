@@ -234,10 +234,14 @@ ACQUIRE_LUA = """
 -- KEYS: the keys of every plan in the batch. ARGV[1]: now_ms; ARGV[2]: the number of plans P; then P plans,
 -- "base|cooldown;kind,unit,limit,window,key;..." (kind "s" sliding / "f" fixed; unit "r" requests / "t"
 -- tokens; window: the window's length (sliding) or its reset time in ms (fixed); cooldown and key: indexes
--- into KEYS after `base`, cooldown 0 for none); then one "plan,tokens" per request.
--- Returns seven integers per request: 1 and the tightest requests and tokens limits (index, used, reset_ms
--- each; index 0 for none) when admitted; 0,index,used,retry_ms when refused by check `index`; 0,0,0,ms_left
--- when the deployment is parked; -1,index when a fixed counter is missing (unused places are 0).
+-- into KEYS after `base`, cooldown 0 for none); then one "plan,tokens,lease_requests,lease_tokens" per request.
+-- Returns nine integers per request: 1 and the tightest requests and tokens limits (index, used, reset_ms
+-- each; index 0 for none), then the requests and tokens of the lease granted (0,0: none) when admitted;
+-- 0,index,used,retry_ms when refused by check `index`; 0,0,0,ms_left when the deployment is parked;
+-- -1,index when a fixed counter is missing (unused places are 0).
+-- A lease is a block reserved for the asking worker to admit from by itself for under a second: counted now
+-- like requests, but in the next second's bucket of per-minute windows, so it counts until every request
+-- admitted from it has had its full minute (never early). Granted only where every limit has plenty of room.
 local now = tonumber(ARGV[1])
 local second = math.floor(now / 1000)
 -- A per-minute window is a hash of one-second buckets plus two fields: 't', the sum of the live buckets,
@@ -289,7 +293,7 @@ local function load(key, w)
   end
   if total <= 0 then total, oldest = 0, nil end
   return {total = total, oldest = oldest, stored_total = stored_total, stored_oldest = stored_oldest,
-          w = w, added = 0, counted = false}
+          w = w, added = 0, ahead = 0, counted = false}
 end
 local windows, counters, parked = {}, {}, {}
 -- When enough of a window's oldest buckets stop counting for `cost` more to fit.
@@ -298,7 +302,8 @@ local function retry_in(key, win, cost, limit)
   if win.oldest then
     for bucket = win.oldest, second + 1 do
       freed = freed + tonumber(redis.call('HGET', key, bucket) or '0')
-      if bucket == second then freed = freed + win.added end  -- counted by this batch, not written yet
+      -- Counted by this batch, not written yet.
+      if bucket == second then freed = freed + win.added elseif bucket == second + 1 then freed = freed + win.ahead end
       if freed >= need then return (bucket + 1) * 1000 + win.w - now end
     end
   end
@@ -364,6 +369,43 @@ local function answer(plan, tokens)
   end
   return 1, ri, ru, rr, ti, tu, tr
 end
+-- After a request was counted: reserve up to `want_r` more requests and `want_t` tokens (scaled down together
+-- so that each limit gives at most a 16th of the room it has left); nothing if that is under two requests.
+-- The 16th keeps what workers hold unused small next to what is left for the others, and a limit nearly used
+-- up (or a small one: the free tiers' 2-18 a minute) is always checked request by request.
+local function lease(plan, want_r, want_t)
+  local checks, n = plan[2], plan[3]
+  local share = 1
+  for i = 1, n do
+    local check = checks[i]
+    local k, limit = check[5], check[3]
+    local cost = check[2] and want_t or want_r
+    if cost > 0 then
+      local used = check[1] and windows[k].total or counters[k].value
+      local s = (limit - used) / 16 / cost
+      if s < share then share = s end
+    end
+  end
+  local r = math.floor(want_r * share)
+  if r < 2 then return 0, 0 end
+  local t = math.floor(want_t * share)
+  for i = 1, n do
+    local check = checks[i]
+    local k, cost = check[5], check[2] and t or r
+    if check[1] then
+      local win = windows[k]
+      win.total = win.total + cost
+      win.ahead = win.ahead + cost
+      win.counted = true
+      if not win.oldest then win.oldest = second + 1 end
+    else
+      local counter = counters[k]
+      counter.value = counter.value + cost
+      counter.added = counter.added + cost
+    end
+  end
+  return r, t
+end
 local plans = {}
 local nplans = tonumber(ARGV[2])
 for p = 1, nplans do
@@ -376,20 +418,28 @@ for p = 1, nplans do
   end
   plans[p] = {cool > 0 and KEYS[base + cool] or false, checks, #checks}
 end
--- Seven integers per request in one flat array: Redis sends integers as they are, where turning them into
+-- Nine integers per request in one flat array: Redis sends integers as they are, where turning them into
 -- text here (or nesting arrays for the client to walk) would cost more than the checks themselves.
 local replies, m = {}, 0
 for r = 3 + nplans, #ARGV do
-  local p, tokens = string.match(ARGV[r], '(%d+),(%d+)')
-  local a, b, c, d, e, f, g = answer(plans[tonumber(p)], tonumber(tokens))
+  local p, tokens, want_r, want_t = string.match(ARGV[r], '(%d+),(%d+),(%d+),(%d+)')
+  local plan = plans[tonumber(p)]
+  local a, b, c, d, e, f, g = answer(plan, tonumber(tokens))
+  local lr, lt = 0, 0
+  if a == 1 and want_r ~= '0' then lr, lt = lease(plan, tonumber(want_r), tonumber(want_t)) end
   replies[m + 1], replies[m + 2], replies[m + 3], replies[m + 4] = a, b, c, d
-  replies[m + 5], replies[m + 6], replies[m + 7] = e, f, g
-  m = m + 7
+  replies[m + 5], replies[m + 6], replies[m + 7], replies[m + 8], replies[m + 9] = e, f, g, lr, lt
+  m = m + 9
 end
 for key, win in pairs(windows) do
   if win.counted then
     -- The key outlives its newest bucket's window: refreshed when a second's bucket is started.
-    if redis.call('HINCRBY', key, second, win.added) == win.added then redis.call('PEXPIRE', key, win.w + 2000) end
+    local started = false
+    if win.added > 0 or win.ahead == 0 then started = redis.call('HINCRBY', key, second, win.added) == win.added end
+    if win.ahead > 0 then
+      started = redis.call('HINCRBY', key, second + 1, win.ahead) == win.ahead or started
+    end
+    if started then redis.call('PEXPIRE', key, win.w + (win.ahead > 0 and 3000 or 2000)) end
     redis.call('HSET', key, 't', win.total, 'o', win.oldest)
   elseif win.total ~= win.stored_total or win.oldest ~= win.stored_oldest then
     -- Expired buckets were dropped but nothing was counted: keep the total and oldest bucket in step.
@@ -434,8 +484,64 @@ class _LoopState:
         self.flush_scheduled = False
         self.flushing: asyncio.Task[None] | None = None
         # Admissions waiting to be sent, answered together by one script call; one such call at a time.
-        self.waiting: list[tuple[Plan, int, int, asyncio.Future[Any]]] = []
+        self.waiting: list[Waiting] = []
         self.sending = False
+        self.leases: dict[Plan, Lease] = {}
+        self.lease_sizes: dict[Plan, int] = {}  # requests to ask for with the next lease of a plan
+        self.no_lease_until: dict[Plan, int] = {}  # refused a lease (too little room): ask again after (ms)
+
+
+class Waiting(NamedTuple):
+    plan: Plan
+    tokens: int
+    at_ms: int
+    lease: int  # requests to reserve beside this one (0: none)
+    future: asyncio.Future[Outcome]
+
+
+class Lease:
+    """A block of requests and tokens the script reserved for this worker on one plan: admitted from here,
+    without a call to Redis, until it runs out or expires (within the second after the one it was counted in).
+    What is left goes back to Redis as a correction.
+
+    The x-ratelimit-* headers of a request admitted here are worked out from what the script said at the grant
+    plus what this worker admitted since: other workers' requests since then are not in them."""
+
+    __slots__ = ("at_ms", "base", "expires_ms", "granted_ms", "plan", "requests", "since_ms", "taken", "taken_tokens",
+                 "tokens")
+
+    def __init__(self, plan: Plan, requests: int, tokens: int, now_ms: int, base: tuple[int, ...],
+                 first_tokens: int) -> None:
+        self.plan = plan
+        self.requests, self.granted_ms = requests, now_ms
+        self.tokens = tokens if plan.tokens else 1 << 62  # a plan without token limits runs out of requests only
+        self.since_ms = now_ms // 1000 * 1000
+        self.at_ms = self.since_ms + 1000  # counted in the next second (see ACQUIRE_LUA)
+        self.expires_ms = min(now_ms + int(settings.QUOTA_LEASE_SECONDS * 1000), self.at_ms + 999)
+        self.base = base  # the tightest limits as the script saw them before the first request
+        self.taken, self.taken_tokens = 1, first_tokens  # the request that asked for the lease
+
+    def take(self, tokens: int, now_ms: int) -> Outcome | None:
+        if not (self.since_ms <= now_ms < self.expires_ms) or self.requests < 1 or self.tokens < tokens:
+            return None
+        self.requests -= 1
+        self.tokens -= tokens
+        ri, ru, rr, ti, tu, tr = self.base
+        elapsed = now_ms - self.granted_ms
+        tightest = (ri, ru + self.taken, max(rr - elapsed, 1) if rr else 0,
+                    ti, tu + self.taken_tokens, max(tr - elapsed, 1) if tr else 0)
+        self.taken += 1
+        self.taken_tokens += tokens
+        return Outcome(True, tightest=tightest, at_ms=self.at_ms)
+
+    def leftovers(self) -> list[Correction]:
+        """What was not used, given back (once) to the counters it was counted in."""
+        bucket = self.at_ms // 1000
+        out = [Correction(c.key, c.limit.sliding, bucket, -(self.requests if c.limit.unit == "requests"
+                                                              else self.tokens))
+               for c in self.plan.checks]
+        self.requests = self.tokens = 0
+        return [c for c in out if c.delta]
 
 
 class RedisStore:
@@ -461,12 +567,49 @@ class RedisStore:
 
     async def acquire(self, plan: Plan, tokens: int, now_ms: int) -> Outcome:
         state = self._state()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        lease = state.leases.get(plan)
+        if lease is not None:
+            outcome = lease.take(tokens, now_ms)
+            if outcome is not None:
+                return outcome
+            self._end_lease(state, lease)
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         if not state.waiting and not state.sending:
             future.get_loop().call_soon(self._send_batch, state)
-        state.waiting.append((plan, tokens, now_ms, future))
-        at_ms, reply = await future
-        return _outcome(plan, reply, at_ms)
+        want = 0
+        if settings.QUOTA_LEASE_SECONDS and state.no_lease_until.get(plan, 0) <= now_ms:
+            want = state.lease_sizes.get(plan, LEASE_FIRST)
+        state.waiting.append(Waiting(plan, tokens, now_ms, want, future))
+        return await future
+
+    def _end_lease(self, state: _LoopState, lease: Lease) -> None:
+        if state.leases.get(lease.plan) is lease:
+            del state.leases[lease.plan]
+            # Next time ask for twice what was used of this one: enough for the same pace, room to grow.
+            if len(state.lease_sizes) > 4096:
+                state.lease_sizes.clear()
+            state.lease_sizes[lease.plan] = min(max(lease.taken * 2, LEASE_FIRST), LEASE_MAX)
+        leftovers = lease.leftovers()
+        if leftovers:
+            self.correct(leftovers)
+
+    def _grant(self, state: _LoopState, item: Waiting, outcome: Outcome, requests: int, tokens: int,
+               now_ms: int) -> None:
+        if not requests:
+            if len(state.no_lease_until) > 4096:
+                state.no_lease_until.clear()
+            state.no_lease_until[item.plan] = now_ms + LEASE_RETRY_MS
+            return
+        held = state.leases.get(item.plan)
+        if held is not None:
+            self._end_lease(state, held)
+        lease = state.leases[item.plan] = Lease(item.plan, requests, tokens, now_ms, outcome.tightest, item.tokens)
+        delay = max(lease.expires_ms - now_ms, 0) / 1000
+        item.future.get_loop().call_later(delay, self._expire, state, lease)
+
+    def _expire(self, state: _LoopState, lease: Lease) -> None:
+        if state.leases.get(lease.plan) is lease:
+            self._end_lease(state, lease)
 
     def _send_batch(self, state: _LoopState) -> None:
         """One script call answers every admission waiting: those asked for in the last turn of the loop, and
@@ -485,21 +628,48 @@ class RedisStore:
         specs: list[str] = []
         requests: list[str] = []
         now_ms = 0  # the batch is counted at one time: the latest asked for
-        for plan, tokens, at_ms, _ in batch:
+        for i, (plan, tokens, at_ms, want, _) in enumerate(batch):
             number = numbers.get(id(plan))
             if number is None:
                 number = numbers[id(plan)] = len(specs) + 1
                 specs.append(f"{len(keys)}|{plan.spec}")
                 keys += plan.keys
-            requests.append(f"{number},{tokens}")
+            elif want:  # one lease per plan and call
+                batch[i] = batch[i]._replace(lease=0)
+                want = 0
+            requests.append(f"{number},{tokens},{want},{want * tokens}")
             now_ms = max(now_ms, at_ms)
         state.client.run_now(ACQUIRE_SCRIPT, keys, [now_ms, len(specs), *specs, *requests],
                              functools.partial(self._answered, state, batch, now_ms))
 
-    def _answered(self, state: _LoopState, batch: list[tuple[Plan, int, int, asyncio.Future[Any]]], now_ms: int,
-                  reply: Any) -> None:
+    def _answered(self, state: _LoopState, batch: list[Waiting], now_ms: int, reply: Any) -> None:
         state.sending = False
-        _answer_batch(batch, now_ms, reply)
+        failed = isinstance(reply, BaseException)
+        for i, item in enumerate(batch):
+            if failed:
+                if not item.future.done():
+                    item.future.set_exception(reply)
+                continue
+            answer = reply[9 * i : 9 * i + 9]
+            outcome = _outcome(item.plan, answer, now_ms)
+            if item.lease and outcome.admitted:
+                self._grant(state, item, outcome, answer[7], answer[8], now_ms)
+            if not item.future.done():  # else its caller gave up (the client left)
+                item.future.set_result(outcome)
+        if state.leases and state.waiting:
+            # Those that came meanwhile on a plan just granted a lease are admitted from it.
+            still: list[Waiting] = []
+            for item in state.waiting:
+                lease = state.leases.get(item.plan)
+                taken = lease.take(item.tokens, item.at_ms) if lease is not None else None
+                if lease is None or taken is None:
+                    still.append(item)
+                elif not item.future.done():
+                    item.future.set_result(taken)
+                else:
+                    lease.requests += 1  # its caller gave up: the reservation is not used
+                    lease.tokens += item.tokens
+            state.waiting = still
         self._send_batch(state)  # those that came meanwhile
 
     async def seed(self, key: str, value: int, expire_at_ms: int) -> None:
@@ -547,16 +717,23 @@ class RedisStore:
                 asyncio.get_running_loop().call_later(1.0, self._start_flush, state)
 
     async def flush(self) -> None:
-        """Send queued corrections now (at shutdown)."""
+        """Give back what leases left and send queued corrections now (at shutdown)."""
         state = self._state()
+        for lease in list(state.leases.values()):
+            self._end_lease(state, lease)
         if state.flushing is not None:
             await asyncio.gather(state.flushing, return_exceptions=True)
         if state.pending:
             await self._flush(state)
 
     async def park(self, key: str, until_ms: int, now_ms: int) -> None:
+        state = self._state()
+        # This worker stops admitting from its leases on the deployment at once; others when theirs end (within
+        # QUOTA_LEASE_SECONDS), and a request they send meanwhile gets the provider's 429 and parks it there too.
+        for lease in [lease for plan, lease in state.leases.items() if plan.cooldown == key]:
+            self._end_lease(state, lease)
         # The value is the end of the pause; the TTL only cleans up (with a margin for a moved clock).
-        await self._state().client.call("SET", key, until_ms, "PX", max(until_ms - now_ms, 1) + FIXED_GRACE_MS)
+        await state.client.call("SET", key, until_ms, "PX", max(until_ms - now_ms, 1) + FIXED_GRACE_MS)
 
     async def aclose(self) -> None:
         state = self._loops.pop(id(asyncio.get_running_loop()), None)
@@ -578,6 +755,9 @@ class RedisStore:
     def clear(self) -> None:
         for state in self._loops.values():
             state.pending.clear()
+            state.leases.clear()
+            state.lease_sizes.clear()
+            state.no_lease_until.clear()
         client = self._sync_client()
         for key in client.scan_iter("q:*"):
             client.delete(key)
@@ -587,20 +767,16 @@ ACQUIRE_SCRIPT = resp.Script(ACQUIRE_LUA)
 ADJUST_SCRIPT = resp.Script(ADJUST_LUA)
 
 
-def _answer_batch(batch: list[tuple[Plan, int, int, asyncio.Future[Any]]], now_ms: int, reply: Any) -> None:
-    failed = isinstance(reply, BaseException)
-    for i, (_, _, _, future) in enumerate(batch):
-        if future.done():
-            continue  # its caller gave up (the client left)
-        if failed:
-            future.set_exception(reply)
-        else:
-            future.set_result((now_ms, reply[7 * i : 7 * i + 7]))
+# Leases: the first asks for this many requests beside the one asking; later ones for twice what the last
+# one served, up to the most; after a refusal (too little room) a plan is not asked a lease for a while.
+LEASE_FIRST = 4
+LEASE_MAX = 1024
+LEASE_RETRY_MS = 5000
 
 
 def _outcome(plan: Plan, reply: list[int], at_ms: int) -> Outcome:
     if reply[0] == 1:
-        return Outcome(True, tightest=tuple(reply[1:]), at_ms=at_ms)
+        return Outcome(True, tightest=tuple(reply[1:7]), at_ms=at_ms)
     if reply[0] == -1:
         return Outcome(False, missing=reply[1] - 1)
     if reply[1] == 0:

@@ -295,6 +295,13 @@ QUOTA_WAIT_POLL_SECONDS = envfloat("QUOTA_WAIT_POLL_SECONDS", "0.25")
 # With Redis, token corrections (real usage minus the estimate) are sent in one batch this often (seconds),
 # so each request costs one Redis call. Without Redis they apply at once.
 QUOTA_SETTLE_SECONDS = envfloat("QUOTA_SETTLE_SECONDS", "0.05")
+# With Redis, a worker busy on a deployment whose limits all have plenty of room (each reservation at most a
+# 16th of what is left) reserves a block of requests and tokens in its admission call and admits from it
+# locally for this long (seconds), returning what it did not use. 0 turns it off; at most 1, because a block
+# is counted in the next second's bucket of per-minute windows, which covers every use within a second.
+QUOTA_LEASE_SECONDS = envfloat("QUOTA_LEASE_SECONDS", "0.5")
+if not 0 <= QUOTA_LEASE_SECONDS <= 1:
+    raise ImproperlyConfigured(f"QUOTA_LEASE_SECONDS must be between 0 and 1, got {QUOTA_LEASE_SECONDS}")
 # Daily and monthly limits of API keys reset at midnight in this time zone.
 KEY_QUOTA_TIMEZONE = envstr("KEY_QUOTA_TIMEZONE", "UTC")
 

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
+from django.conf import settings
 
 from gateway import clock, quota
 from tests.conftest import make_deployment, make_provider
@@ -76,6 +77,21 @@ def test_successful_responses_carry_rate_limit_headers(portal, master_key, upstr
     assert first.headers["x-ratelimit-remaining-requests"] == "4"
     assert second.headers["x-ratelimit-remaining-requests"] == "3"
     assert second.headers["x-ratelimit-reset-requests"].endswith("s")
+
+
+def test_requests_admitted_from_a_workers_lease_count_down_in_their_headers(portal, master_key, upstream,
+                                                                           transactional_db):
+    """A roomy limit: with Redis, the worker admits these from a block it reserved (without Redis, from the
+    in-process store); either way each response tells what is left after it."""
+    from tests.test_quota_store_redis import script_calls
+
+    make_deployment(make_provider(upstream), rpm=100_000, rpd=1_000_000)
+    post_chat(portal, master_key)  # the day's counter seeded; with Redis, a lease granted
+    before = script_calls() if settings.REDIS_URL else 0
+    remaining = [post_chat(portal, master_key).headers["x-ratelimit-remaining-requests"] for _ in range(5)]
+    assert remaining == ["99998", "99997", "99996", "99995", "99994"]
+    if settings.REDIS_URL:
+        assert script_calls() - before <= 1  # a second lease at most (the first may have expired)
 
 
 def test_the_token_headers_describe_the_tightest_token_limit(portal, master_key, upstream, transactional_db):
