@@ -488,6 +488,7 @@ class _LoopState:
         self.sending = False
         self.leases: dict[Plan, Lease] = {}
         self.lease_sizes: dict[Plan, int] = {}  # requests to ask for with the next lease of a plan
+        self.pace: dict[Plan, tuple[int, int]] = {}  # requests sent to Redis since (ms), how many
         self.no_lease_until: dict[Plan, int] = {}  # refused a lease (too little room): ask again after (ms)
 
 
@@ -572,23 +573,39 @@ class RedisStore:
             outcome = lease.take(tokens, now_ms)
             if outcome is not None:
                 return outcome
-            self._end_lease(state, lease)
+            self._end_lease(state, lease, now_ms)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         if not state.waiting and not state.sending:
             future.get_loop().call_soon(self._send_batch, state)
-        want = 0
-        if settings.QUOTA_LEASE_SECONDS and state.no_lease_until.get(plan, 0) <= now_ms:
-            want = state.lease_sizes.get(plan, LEASE_FIRST)
+        want = self._lease_wanted(state, plan, now_ms) if settings.QUOTA_LEASE_SECONDS else 0
         state.waiting.append(Waiting(plan, tokens, now_ms, want, future))
         return await future
 
-    def _end_lease(self, state: _LoopState, lease: Lease) -> None:
+    def _lease_wanted(self, state: _LoopState, plan: Plan, now_ms: int) -> int:
+        """Requests to reserve beside this one: only once this worker is busy on the plan (LEASE_PACE requests
+        within a second). Light use (someone trying a model, then reading /v1/quota) is counted request by
+        request, so what it reads is exact; a lease is for load, where a reserved block is soon used."""
+        pace = state.pace.get(plan)
+        if pace is None or not 0 <= now_ms - pace[0] < 1000:
+            if len(state.pace) > 4096:
+                state.pace.clear()
+            state.pace[plan] = pace = (now_ms, 0)
+        state.pace[plan] = (pace[0], pace[1] + 1)
+        if pace[1] + 1 < LEASE_PACE or state.no_lease_until.get(plan, 0) > now_ms:
+            return 0
+        return state.lease_sizes.get(plan, LEASE_FIRST)
+
+    def _end_lease(self, state: _LoopState, lease: Lease, now_ms: int | None = None) -> None:
         if state.leases.get(lease.plan) is lease:
             del state.leases[lease.plan]
             # Next time ask for twice what was used of this one: enough for the same pace, room to grow.
             if len(state.lease_sizes) > 4096:
                 state.lease_sizes.clear()
             state.lease_sizes[lease.plan] = min(max(lease.taken * 2, LEASE_FIRST), LEASE_MAX)
+            if now_ms is not None and now_ms < lease.expires_ms:
+                # Used up before it expired: the worker is still busy on the plan, so the request that found it
+                # empty asks for the next lease at once.
+                state.pace[lease.plan] = (now_ms, LEASE_PACE - 1)
         leftovers = lease.leftovers()
         if leftovers:
             self.correct(leftovers)
@@ -757,6 +774,7 @@ class RedisStore:
             state.pending.clear()
             state.leases.clear()
             state.lease_sizes.clear()
+            state.pace.clear()
             state.no_lease_until.clear()
         client = self._sync_client()
         for key in client.scan_iter("q:*"):
@@ -767,8 +785,10 @@ ACQUIRE_SCRIPT = resp.Script(ACQUIRE_LUA)
 ADJUST_SCRIPT = resp.Script(ADJUST_LUA)
 
 
-# Leases: the first asks for this many requests beside the one asking; later ones for twice what the last
-# one served, up to the most; after a refusal (too little room) a plan is not asked a lease for a while.
+# Leases: asked for once a worker sends LEASE_PACE requests of one plan within a second; the first for
+# LEASE_FIRST requests beside the one asking, later ones for twice what the last one served, up to LEASE_MAX;
+# after a refusal (too little room) a plan is not asked a lease for LEASE_RETRY_MS.
+LEASE_PACE = 8
 LEASE_FIRST = 4
 LEASE_MAX = 1024
 LEASE_RETRY_MS = 5000

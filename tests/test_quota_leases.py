@@ -11,7 +11,7 @@ import asyncio
 import pytest
 import redis
 
-from gateway.quota import Limit, Plan, RedisStore
+from gateway.quota import LEASE_PACE, Limit, Outcome, Plan, RedisStore
 from tests.test_quota_store_redis import REDIS_URL, needs_redis, run, scope, script_calls
 
 __all__ = ["scope"]  # the fixture, shared with the Redis store's tests
@@ -27,6 +27,13 @@ def window(key: str) -> dict[str, int]:
         return {k.decode(): int(v) for k, v in client.hgetall(key).items() if k != b"o"}
     finally:
         client.close()
+
+
+async def busy(store: RedisStore, plan: Plan, tokens: int = 1) -> Outcome:
+    """LEASE_PACE requests within a second, one after another: the last one asks for a lease."""
+    for _ in range(LEASE_PACE):
+        outcome = await store.acquire(plan, tokens, NOW_MS)
+    return outcome
 
 
 def counter(key: str) -> int:
@@ -50,8 +57,8 @@ def test_a_lease_is_counted_in_the_next_second_and_what_is_left_goes_back(scope:
         store = RedisStore(REDIS_URL)
         try:
             await store.seed(day, 0, plan.checks[1].window_ms)
-            first = await store.acquire(plan, 10, NOW_MS)
-            assert first.admitted and first.at_ms == NOW_MS
+            last = await busy(store, plan, 10)
+            assert last.admitted and last.at_ms == NOW_MS
             held, held_day = window(minute), counter(day)
             before = script_calls()
             local = [await store.acquire(plan, 10, NOW_MS + 100 * i) for i in range(1, 4)]
@@ -63,12 +70,33 @@ def test_a_lease_is_counted_in_the_next_second_and_what_is_left_goes_back(scope:
 
     held, held_day, local_at, calls, after, after_day = run(main())
     # The first lease asks for 4 requests beside the one asking; a 16th of the room left allows it.
-    assert held == {str(SECOND): 1, str(SECOND + 1): 4, "t": 5}
-    assert held_day == 5
+    assert held == {str(SECOND): 8, str(SECOND + 1): 4, "t": 12}
+    assert held_day == 12
     assert calls == 0
     assert local_at == [(SECOND + 1) * 1000] * 3  # corrections of these go to the lease's bucket
-    assert after == {str(SECOND): 1, str(SECOND + 1): 3, "t": 4}
-    assert after_day == 4
+    assert after == {str(SECOND): 8, str(SECOND + 1): 3, "t": 11}
+    assert after_day == 11
+
+
+@needs_redis
+def test_light_use_is_counted_request_by_request(scope: str, settings) -> None:
+    """Fewer than LEASE_PACE requests a second on a plan: no block is reserved, so what /v1/quota and the
+    admin read is exact."""
+    settings.QUOTA_LEASE_SECONDS = 1
+    plan = Plan([Limit("deployment", scope, "test", "rpm", 100_000)], NOW_MS / 1000)
+
+    async def main() -> dict[str, int]:
+        store = RedisStore(REDIS_URL)
+        try:
+            for i in range(3 * (LEASE_PACE - 1)):  # a second apart after every LEASE_PACE - 1
+                await store.acquire(plan, 1, NOW_MS + i // (LEASE_PACE - 1) * 1000)
+            return window(plan.checks[0].key)
+        finally:
+            await store.aclose()
+
+    held = run(main())
+    assert held.pop("t") == 3 * (LEASE_PACE - 1)
+    assert held == {str(SECOND + i): LEASE_PACE - 1 for i in range(3)}
 
 
 @needs_redis
@@ -83,15 +111,15 @@ def test_a_small_limit_is_checked_in_redis_request_by_request(scope: str, settin
         try:
             await store.acquire(plan, 1, NOW_MS)  # connected, and the script known to Redis
             before = script_calls()
-            admitted = [(await store.acquire(plan, 1, NOW_MS)).admitted for _ in range(5)]
+            admitted = [(await store.acquire(plan, 1, NOW_MS)).admitted for _ in range(3 * LEASE_PACE)]
             return script_calls() - before, admitted, window(plan.checks[0].key)
         finally:
             await store.aclose()
 
     calls, admitted, held = run(main())
-    assert admitted == [True] * 5
-    assert calls == 5
-    assert held == {str(SECOND): 6, "t": 6}
+    assert admitted == [True] * 17 + [False] * (3 * LEASE_PACE - 17)
+    assert calls == 3 * LEASE_PACE
+    assert held == {str(SECOND): 18, "t": 18}
 
 
 @needs_redis
@@ -132,7 +160,9 @@ def test_two_workers_with_leases_never_admit_more_than_the_limit_between_them(sc
     counts, calls, minute, day = run(main())
     assert sum(counts) == 400
     assert all(count > 0 for count in counts)
-    assert calls < 400 / 3  # most came from leases
+    # Without leases each burst of five is one call: 80 at least. Leases serve many; the last ~30 requests
+    # (too little room left for a lease) are checked in Redis.
+    assert calls < 60
     assert minute["t"] == 400 == sum(v for k, v in minute.items() if k != "t")
     assert day == 400
 
@@ -145,7 +175,7 @@ def test_a_lease_ends_when_it_expires_and_the_next_request_asks_redis(scope: str
     async def main() -> tuple[int, int, dict[str, int]]:
         store = RedisStore(REDIS_URL)
         try:
-            await store.acquire(plan, 1, NOW_MS)
+            await busy(store, plan)
             before = script_calls()
             await store.acquire(plan, 1, NOW_MS + 100)  # from the lease
             within = script_calls() - before
@@ -158,7 +188,7 @@ def test_a_lease_ends_when_it_expires_and_the_next_request_asks_redis(scope: str
 
     within, after, held = run(main())
     assert (within, after) == (0, 1)
-    assert held["t"] == 3  # three requests; the rest of both leases given back
+    assert held["t"] == LEASE_PACE + 2  # the rest of both leases given back
 
 
 @needs_redis
@@ -167,21 +197,23 @@ def test_parking_a_deployment_ends_this_workers_lease_on_it_at_once(scope: str, 
     cooldown = f"q:cool:{scope}"
     plan = Plan([Limit("deployment", scope, "test", "rpm", 1000)], NOW_MS / 1000, cooldown)
 
-    async def main() -> tuple[bool, bool, float, int]:
+    async def main() -> tuple[bool, int, bool, float, int]:
         store = RedisStore(REDIS_URL)
         try:
-            first = await store.acquire(plan, 1, NOW_MS)
+            first = await busy(store, plan)
+            held = window(plan.checks[0].key)["t"]
             await store.park(cooldown, NOW_MS + 30_000, NOW_MS)
             refused = await store.acquire(plan, 1, NOW_MS + 10)
             await store.flush()
-            return first.admitted, refused.cooling, refused.retry_after, window(plan.checks[0].key)["t"]
+            return first.admitted, held, refused.cooling, refused.retry_after, window(plan.checks[0].key)["t"]
         finally:
             await store.aclose()
 
-    admitted, cooling, retry_after, used = run(main())
-    assert admitted and cooling
+    admitted, held, cooling, retry_after, used = run(main())
+    assert admitted and held == LEASE_PACE + 4
+    assert cooling
     assert retry_after == pytest.approx(29.99)
-    assert used == 1  # the lease's four given back
+    assert used == LEASE_PACE  # the lease's four given back
 
 
 @needs_redis
@@ -194,10 +226,10 @@ def test_with_leases_off_every_request_is_a_script_call(scope: str, settings) ->
         try:
             await store.acquire(plan, 1, NOW_MS)
             before = script_calls()
-            for _ in range(3):
+            for _ in range(3 * LEASE_PACE):
                 await store.acquire(plan, 1, NOW_MS)
             return script_calls() - before
         finally:
             await store.aclose()
 
-    assert run(main()) == 3
+    assert run(main()) == 3 * LEASE_PACE

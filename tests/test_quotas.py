@@ -81,17 +81,18 @@ def test_successful_responses_carry_rate_limit_headers(portal, master_key, upstr
 
 def test_requests_admitted_from_a_workers_lease_count_down_in_their_headers(portal, master_key, upstream,
                                                                            transactional_db):
-    """A roomy limit: with Redis, the worker admits these from a block it reserved (without Redis, from the
-    in-process store); either way each response tells what is left after it."""
+    """A roomy limit and a busy worker: with Redis, it admits some of these from a block it reserved (without
+    Redis, all from the in-process store); either way each response tells what is left after it."""
     from tests.test_quota_store_redis import script_calls
 
     make_deployment(make_provider(upstream), rpm=100_000, rpd=1_000_000)
-    post_chat(portal, master_key)  # the day's counter seeded; with Redis, a lease granted
+    post_chat(portal, master_key)  # the day's counter seeded
     before = script_calls() if settings.REDIS_URL else 0
-    remaining = [post_chat(portal, master_key).headers["x-ratelimit-remaining-requests"] for _ in range(5)]
-    assert remaining == ["99998", "99997", "99996", "99995", "99994"]
+    remaining = [post_chat(portal, master_key).headers["x-ratelimit-remaining-requests"] for _ in range(12)]
+    assert remaining == [str(99_998 - i) for i in range(12)]
     if settings.REDIS_URL:
-        assert script_calls() - before <= 1  # a second lease at most (the first may have expired)
+        # The 8th request within a second asked for a lease of 4: the next ones came from it.
+        assert script_calls() - before < 12
 
 
 def test_the_token_headers_describe_the_tightest_token_limit(portal, master_key, upstream, transactional_db):
