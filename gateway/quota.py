@@ -12,6 +12,11 @@ monthly windows are fixed, aligned to midnight in the provider's reset time
 zone; their counts are also written (in batches, off the request path) to
 DailyCounter rows, and read back when the fast store has no value for the
 day, so a restart never hands out a fresh day's quota.
+
+Under load (a worker busy on one deployment and key), the Redis store's admission call also reserves a block
+of a roomy limit (a lease: at most a 16th of what each limit has left) that the worker admits from by itself
+for under a second, giving back what it did not use. The block is counted in Redis when granted, so leases
+never let more through than the limit either; they take Redis off the path of most requests at high rates.
 """
 
 from __future__ import annotations
