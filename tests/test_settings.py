@@ -27,7 +27,7 @@ def run_setup(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     "name, value",
     [("PORT", "forty"), ("DEBUG", "maybe"), ("DATABASE_URL", "mysql://x/y"), ("UPSTREAM_TIMEOUT", "soon"),
-     ("MAX_REQUEST_BODY_BYTES", "big")],
+     ("MAX_REQUEST_BODY_BYTES", "big"), ("QUOTA_LEASE_SECONDS", "2"), ("QUOTA_LEASE_SECONDS", "-1")],
 )
 def test_a_bad_value_fails_at_start_naming_the_variable(tmp_path, name, value):
     result = run_setup(tmp_path, **{name: value})
