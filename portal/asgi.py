@@ -189,7 +189,8 @@ async def _lifespan(receive: Any, send: Any) -> None:
             deadline = time.monotonic() + 2
             while _in_flight and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            # Daily quota counts not yet in the database must survive the restart; queued token corrections too.
+            # Daily quota counts not yet in the database must survive the restart; queued token corrections and
+            # what this worker's quota leases did not use go back to Redis.
             await quota.store().flush()
             await quota.store().aclose()
             await sync_to_async(quota.ledger.flush)()
