@@ -52,3 +52,32 @@ def test_a_restart_does_not_hand_out_a_fresh_day(master_key, upstream, transacti
         assert ask(second.url, master_key) == 200
     assert len(upstream.requests) == 4
     os.remove(clock_file)
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="needs REDIS_URL: leases are reserved in Redis")
+def test_server_processes_busy_on_a_roomy_limit_admit_from_leases_and_give_back_the_rest(master_key, upstream,
+                                                                                          transactional_db):
+    """Two processes, each busy enough to reserve blocks: most requests need no script call, and once they
+    stop (SIGTERM) Redis counts exactly the requests served, not what was reserved."""
+    import redis
+
+    from tests.test_quota_store_redis import script_calls
+
+    deployment = make_deployment(make_provider(upstream), rpm=100_000, rpd=1_000_000)
+    with PortalProcess() as one, PortalProcess() as two:
+        assert ask(one.url, master_key) == ask(two.url, master_key) == 200  # the day's counter seeded
+        before = script_calls()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = list(pool.map(lambda url: ask(url, master_key), [one.url, two.url] * 40))
+        calls = script_calls() - before
+        assert one.stop() in (0, -15) and two.stop() in (0, -15)
+    assert statuses == [200] * 80
+    assert calls < 60  # one per request without leases
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        minute = client.hgetall(f"q:deployment:{deployment.id}:rpm")
+        (day_key,) = client.keys(f"q:deployment:{deployment.id}:rpd:*")
+        assert (int(minute[b"t"]), int(client.get(day_key) or 0)) == (82, 82)
+    finally:
+        client.close()
+    assert len(upstream.requests) == 82
