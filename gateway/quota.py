@@ -314,6 +314,27 @@ local function retry_in(key, win, cost, limit)
   end
   return win.w
 end
+-- Count `r` against each requests limit of a plan and `t` against each tokens limit: in this second's bucket
+-- of per-minute windows (a request), or in the next second's (a lease).
+local function count(plan, r, t, ahead)
+  local checks = plan[2]
+  local bucket = ahead and second + 1 or second
+  for i = 1, plan[3] do
+    local check = checks[i]
+    local k, cost = check[5], check[2] and t or r
+    if check[1] then
+      local win = windows[k]
+      win.total = win.total + cost
+      if ahead then win.ahead = win.ahead + cost else win.added = win.added + cost end
+      win.counted = true
+      if not win.oldest or bucket < win.oldest then win.oldest = bucket end
+    else
+      local counter = counters[k]
+      counter.value = counter.value + cost
+      counter.added = counter.added + cost
+    end
+  end
+end
 -- One request: seven numbers (see above), returned as values, not a table (the client's reply is built from
 -- them directly; a table per request costs as much as the checks).
 local function answer(plan, tokens)
@@ -356,22 +377,7 @@ local function answer(plan, tokens)
       ri, ru, rr, rroom = i, used, reset, limit - used
     end
   end
-  -- Every limit has room: count the request in all of them.
-  for i = 1, n do
-    local check = checks[i]
-    local k, cost = check[5], check[2] and tokens or 1
-    if check[1] then
-      local win = windows[k]
-      win.total = win.total + cost
-      win.added = win.added + cost
-      win.counted = true
-      if not win.oldest or second < win.oldest then win.oldest = second end
-    else
-      local counter = counters[k]
-      counter.value = counter.value + cost
-      counter.added = counter.added + cost
-    end
-  end
+  count(plan, 1, tokens, false)  -- every limit has room: count the request in all of them
   return 1, ri, ru, rr, ti, tu, tr
 end
 -- After a request was counted: reserve up to `want_r` more requests and `want_t` tokens (scaled down together
@@ -394,21 +400,7 @@ local function lease(plan, want_r, want_t)
   local r = math.floor(want_r * share)
   if r < 2 then return 0, 0 end
   local t = math.floor(want_t * share)
-  for i = 1, n do
-    local check = checks[i]
-    local k, cost = check[5], check[2] and t or r
-    if check[1] then
-      local win = windows[k]
-      win.total = win.total + cost
-      win.ahead = win.ahead + cost
-      win.counted = true
-      if not win.oldest then win.oldest = second + 1 end
-    else
-      local counter = counters[k]
-      counter.value = counter.value + cost
-      counter.added = counter.added + cost
-    end
-  end
+  count(plan, r, t, true)
   return r, t
 end
 local plans = {}
