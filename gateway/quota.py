@@ -599,10 +599,10 @@ class RedisStore:
             if len(state.lease_sizes) > 4096:
                 state.lease_sizes.clear()
             state.lease_sizes[lease.plan] = min(max(lease.taken * 2, LEASE_FIRST), LEASE_MAX)
-            if now_ms is not None and now_ms < lease.expires_ms:
-                # Used up before it expired: the worker is still busy on the plan, so the request that found it
-                # empty asks for the next lease at once.
-                state.pace[lease.plan] = (now_ms, LEASE_PACE - 1)
+            if lease.taken >= LEASE_PACE or (now_ms is not None and now_ms < lease.expires_ms):
+                # Well used, or used up before it expired: the worker is still busy on the plan, so its next
+                # request asks for the next lease at once.
+                state.pace[lease.plan] = (lease.expires_ms if now_ms is None else now_ms, LEASE_PACE - 1)
         leftovers = lease.leftovers()
         if leftovers:
             self.correct(leftovers)
