@@ -483,10 +483,45 @@ class _LoopState:
         # Admissions waiting to be sent, answered together by one script call; one such call at a time.
         self.waiting: list[Waiting] = []
         self.sending = False
-        self.leases: dict[Plan, Lease] = {}
-        self.lease_sizes: dict[Plan, int] = {}  # requests to ask for with the next lease of a plan
-        self.pace: dict[Plan, tuple[int, int]] = {}  # requests sent to Redis since (ms), how many
-        self.no_lease_until: dict[Plan, int] = {}  # refused a lease (too little room): ask again after (ms)
+        self.leases: dict[Plan, Lease] = {}  # live ones
+        self.demand: dict[Plan, Demand] = {}  # how busy the worker is on a plan, what to ask for next
+
+    def demand_of(self, plan: Plan) -> Demand:
+        demand = self.demand.get(plan)
+        if demand is None:
+            if len(self.demand) > 4096:
+                self.demand.clear()  # plans of old catalog snapshots and edited keys
+            demand = self.demand[plan] = Demand()
+        return demand
+
+
+class Demand:
+    """A worker's use of one plan, which decides whether its next call to Redis asks for a lease, and how big:
+    only once it sends LEASE_PACE requests within a second (light use, such as someone trying a model and then
+    reading /v1/quota, is counted request by request, so what it reads is exact; a lease is for load, where a
+    reserved block is soon used), for twice what its last lease served, and not for a while after the script
+    refused one (too little room)."""
+
+    __slots__ = ("count", "refused_until", "since_ms", "size")
+
+    def __init__(self) -> None:
+        self.since_ms, self.count = 0, 0  # requests sent to Redis since (ms), how many
+        self.size = LEASE_FIRST
+        self.refused_until = 0
+
+    def wanted(self, now_ms: int) -> int:
+        """Requests to reserve beside this one (0: none)."""
+        if not 0 <= now_ms - self.since_ms < 1000:
+            self.since_ms, self.count = now_ms, 0
+        self.count += 1
+        return self.size if self.count >= LEASE_PACE and self.refused_until <= now_ms else 0
+
+    def ended(self, lease: Lease, now_ms: int | None) -> None:
+        self.size = min(max(lease.taken * 2, LEASE_FIRST), LEASE_MAX)
+        if lease.taken >= LEASE_PACE or (now_ms is not None and now_ms < lease.expires_ms):
+            # Well used, or used up before it expired: the worker is still busy on the plan, so its next request
+            # asks for the next lease at once.
+            self.since_ms, self.count = lease.expires_ms if now_ms is None else now_ms, LEASE_PACE - 1
 
 
 class Waiting(NamedTuple):
@@ -574,35 +609,14 @@ class RedisStore:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         if not state.waiting and not state.sending:
             future.get_loop().call_soon(self._send_batch, state)
-        want = self._lease_wanted(state, plan, now_ms) if settings.QUOTA_LEASE_SECONDS else 0
+        want = state.demand_of(plan).wanted(now_ms) if settings.QUOTA_LEASE_SECONDS else 0
         state.waiting.append(Waiting(plan, tokens, now_ms, want, future))
         return await future
-
-    def _lease_wanted(self, state: _LoopState, plan: Plan, now_ms: int) -> int:
-        """Requests to reserve beside this one: only once this worker is busy on the plan (LEASE_PACE requests
-        within a second). Light use (someone trying a model, then reading /v1/quota) is counted request by
-        request, so what it reads is exact; a lease is for load, where a reserved block is soon used."""
-        pace = state.pace.get(plan)
-        if pace is None or not 0 <= now_ms - pace[0] < 1000:
-            if len(state.pace) > 4096:
-                state.pace.clear()
-            state.pace[plan] = pace = (now_ms, 0)
-        state.pace[plan] = (pace[0], pace[1] + 1)
-        if pace[1] + 1 < LEASE_PACE or state.no_lease_until.get(plan, 0) > now_ms:
-            return 0
-        return state.lease_sizes.get(plan, LEASE_FIRST)
 
     def _end_lease(self, state: _LoopState, lease: Lease, now_ms: int | None = None) -> None:
         if state.leases.get(lease.plan) is lease:
             del state.leases[lease.plan]
-            # Next time ask for twice what was used of this one: enough for the same pace, room to grow.
-            if len(state.lease_sizes) > 4096:
-                state.lease_sizes.clear()
-            state.lease_sizes[lease.plan] = min(max(lease.taken * 2, LEASE_FIRST), LEASE_MAX)
-            if lease.taken >= LEASE_PACE or (now_ms is not None and now_ms < lease.expires_ms):
-                # Well used, or used up before it expired: the worker is still busy on the plan, so its next
-                # request asks for the next lease at once.
-                state.pace[lease.plan] = (lease.expires_ms if now_ms is None else now_ms, LEASE_PACE - 1)
+            state.demand_of(lease.plan).ended(lease, now_ms)
         leftovers = lease.leftovers()
         if leftovers:
             self.correct(leftovers)
@@ -610,9 +624,7 @@ class RedisStore:
     def _grant(self, state: _LoopState, item: Waiting, outcome: Outcome, requests: int, tokens: int,
                now_ms: int) -> None:
         if not requests:
-            if len(state.no_lease_until) > 4096:
-                state.no_lease_until.clear()
-            state.no_lease_until[item.plan] = now_ms + LEASE_RETRY_MS
+            state.demand_of(item.plan).refused_until = now_ms + LEASE_RETRY_MS
             return
         held = state.leases.get(item.plan)
         if held is not None:
@@ -770,9 +782,7 @@ class RedisStore:
         for state in self._loops.values():
             state.pending.clear()
             state.leases.clear()
-            state.lease_sizes.clear()
-            state.pace.clear()
-            state.no_lease_until.clear()
+            state.demand.clear()
         client = self._sync_client()
         for key in client.scan_iter("q:*"):
             client.delete(key)
