@@ -26,6 +26,7 @@ from tests.mock_gemini import MockGemini
 from tests.mock_github import MockGitHub
 from tests.mock_upstream import MockUpstream
 from tests.personas import personas  # noqa: F401  (alice, bob, charlie and an operator)
+from tests.quota_redis import scope  # noqa: F401  (a name for a test's own quota counters in Redis)
 
 pytest_plugins = ["tests.secret_guard"]  # every log record of the session, checked for secrets
 

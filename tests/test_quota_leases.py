@@ -12,9 +12,7 @@ import pytest
 import redis
 
 from gateway.quota import LEASE_PACE, Limit, Outcome, Plan, RedisStore
-from tests.test_quota_store_redis import REDIS_URL, needs_redis, run, scope, script_calls
-
-__all__ = ["scope"]  # the fixture, shared with the Redis store's tests
+from tests.quota_redis import REDIS_URL, needs_redis, script_calls
 
 NOW_MS = 1_800_000_000_250  # a quarter into second 1_800_000_000
 SECOND = NOW_MS // 1000
@@ -68,7 +66,7 @@ def test_a_lease_is_counted_in_the_next_second_and_what_is_left_goes_back(scope:
         finally:
             await store.aclose()
 
-    held, held_day, local_at, calls, after, after_day = run(main())
+    held, held_day, local_at, calls, after, after_day = asyncio.run(main())
     # The first lease asks for 4 requests beside the one asking; a 16th of the room left allows it.
     assert held == {str(SECOND): 8, str(SECOND + 1): 4, "t": 12}
     assert held_day == 12
@@ -94,7 +92,7 @@ def test_light_use_is_counted_request_by_request(scope: str, settings) -> None:
         finally:
             await store.aclose()
 
-    held = run(main())
+    held = asyncio.run(main())
     assert held.pop("t") == 3 * (LEASE_PACE - 1)
     assert held == {str(SECOND + i): LEASE_PACE - 1 for i in range(3)}
 
@@ -116,7 +114,7 @@ def test_a_small_limit_is_checked_in_redis_request_by_request(scope: str, settin
         finally:
             await store.aclose()
 
-    calls, admitted, held = run(main())
+    calls, admitted, held = asyncio.run(main())
     assert admitted == [True] * 17 + [False] * (3 * LEASE_PACE - 17)
     assert calls == 3 * LEASE_PACE
     assert held == {str(SECOND): 18, "t": 18}
@@ -157,7 +155,7 @@ def test_two_workers_with_leases_never_admit_more_than_the_limit_between_them(sc
             for store in stores:
                 await store.aclose()
 
-    counts, calls, minute, day = run(main())
+    counts, calls, minute, day = asyncio.run(main())
     assert sum(counts) == 400
     assert all(count > 0 for count in counts)
     # Without leases each burst of five is one call: 80 at least. Leases serve many; the last ~30 requests
@@ -186,7 +184,7 @@ def test_a_lease_ends_when_it_expires_and_the_next_request_asks_redis(scope: str
         finally:
             await store.aclose()
 
-    within, after, held = run(main())
+    within, after, held = asyncio.run(main())
     assert (within, after) == (0, 1)
     assert held["t"] == LEASE_PACE + 2  # the rest of both leases given back
 
@@ -209,7 +207,7 @@ def test_parking_a_deployment_ends_this_workers_lease_on_it_at_once(scope: str, 
         finally:
             await store.aclose()
 
-    admitted, held, cooling, retry_after, used = run(main())
+    admitted, held, cooling, retry_after, used = asyncio.run(main())
     assert admitted and held == LEASE_PACE + 4
     assert cooling
     assert retry_after == pytest.approx(29.99)
@@ -232,4 +230,4 @@ def test_with_leases_off_every_request_is_a_script_call(scope: str, settings) ->
         finally:
             await store.aclose()
 
-    assert run(main()) == 3 * LEASE_PACE
+    assert asyncio.run(main()) == 3 * LEASE_PACE

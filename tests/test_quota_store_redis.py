@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import threading
-import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -16,9 +14,7 @@ import redis.exceptions
 from gateway import resp
 from gateway.quota import Correction, Limit, MemoryStore, Plan, RedisStore
 from tests.processes import free_port
-
-REDIS_URL = os.environ.get("REDIS_URL", "")
-needs_redis = pytest.mark.skipif(not REDIS_URL, reason="needs REDIS_URL (the PostgreSQL + Redis pass sets it)")
+from tests.quota_redis import REDIS_URL, needs_redis, script_calls
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -50,18 +46,6 @@ def silent_server() -> Iterator[int]:
     for conn in held:
         conn.close()
     listener.close()
-
-
-@pytest.fixture
-def scope(settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """A name of its own for the test's quota counters in the shared Redis; they are deleted after it."""
-    settings.REDIS_URL = REDIS_URL
-    name = uuid.uuid4().hex
-    yield name
-    client = redis.Redis.from_url(REDIS_URL)
-    for key in client.scan_iter(f"q:*{name}*"):
-        client.delete(key)
-    client.close()
 
 
 @needs_redis
@@ -276,14 +260,6 @@ def test_the_redis_store_and_the_in_process_store_agree_step_by_step(scope: str)
     # One script call per burst, however many requests it held (one more when Redis had to be sent the script).
     assert len(answers) > bursts * 1.5
     assert bursts <= calls <= bursts + 1
-
-
-def script_calls() -> int:
-    """Script calls Redis has answered so far (EVALSHA and EVAL), from INFO commandstats."""
-    client = redis.Redis.from_url(REDIS_URL)
-    stats = client.info("commandstats")
-    client.close()
-    return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
 
 
 @needs_redis

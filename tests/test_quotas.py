@@ -83,7 +83,7 @@ def test_requests_admitted_from_a_workers_lease_count_down_in_their_headers(port
                                                                            transactional_db):
     """A roomy limit and a busy worker: with Redis, it admits some of these from a block it reserved (without
     Redis, all from the in-process store); either way each response tells what is left after it."""
-    from tests.test_quota_store_redis import script_calls
+    from tests.quota_redis import script_calls
 
     make_deployment(make_provider(upstream), rpm=100_000, rpd=1_000_000)
     post_chat(portal, master_key)  # the day's counter seeded

@@ -61,7 +61,7 @@ def test_server_processes_busy_on_a_roomy_limit_admit_from_leases_and_give_back_
     stop (SIGTERM) Redis counts exactly the requests served, not what was reserved."""
     import redis
 
-    from tests.test_quota_store_redis import script_calls
+    from tests.quota_redis import script_calls
 
     deployment = make_deployment(make_provider(upstream), rpm=100_000, rpd=1_000_000)
     with PortalProcess() as one, PortalProcess() as two:
