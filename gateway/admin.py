@@ -190,10 +190,8 @@ class QuotaPoolAdmin(admin.ModelAdmin[QuotaPool]):
 
     @admin.display(description="used now / today")
     def usage_today(self, obj: QuotaPool) -> str:
-        from gateway.quota import Limit
-
         return quota_summary(
-            Limit("pool", obj.name, "", n, getattr(obj, n), obj.reset_timezone)
+            quota.Limit("pool", obj.name, "", n, getattr(obj, n), obj.reset_timezone)
             for n in ("rpm", "tpm", "rpd", "tpd")
             if getattr(obj, n) is not None
         )

@@ -86,18 +86,27 @@ async def _ordered_routes(routes: tuple[Route, ...], call: Call) -> list[Route]:
 async def _admit_one(
     candidates: list[Route], tried: set[int], plimits: tuple[Limit, ...], tokens: int, call: Call
 ) -> tuple[Route, Admission] | Outcome | None:
-    """The first deployment with room, or the refusal that frees up soonest (None: nothing left to try)."""
+    """The first deployment with room, or the refusal that frees up soonest (None: nothing left to try). A
+    deployment the request can never fit (larger than one of its tokens limits) is skipped; its refusal is
+    the answer only when no deployment could ever take the request."""
     refusal: Outcome | None = None
+    beyond_reach: Outcome | None = None
     for route in candidates:
         if route.id in tried:
             continue
         result = await quota.try_admit(route.limits, route.id, tokens, plimits)
         if isinstance(result, Admission):
             return route, result
-        if result.check is not None and result.check.limit.scope in ("key", "key-model"):
+        own = result.check is not None and result.check.limit.scope in ("key", "key-model")
+        if result.beyond_reach:
+            if own:
+                return result  # larger than the caller's own limit: no deployment can help
+            beyond_reach = beyond_reach or result
+            continue
+        if own:
             raise quota_error(result, call.model)  # the caller's own quota: no deployment can help
         refusal = _earliest(refusal, result)
-    return refusal
+    return refusal or beyond_reach
 
 
 async def candidates(routes: tuple[Route, ...], body: dict[str, Any], call: Call) -> AsyncIterator[Route]:
@@ -122,6 +131,8 @@ async def candidates(routes: tuple[Route, ...], body: dict[str, Any], call: Call
             continue
         if tried:
             return  # every admitted deployment failed; the caller raises the last upstream error
+        if result is not None and result.beyond_reach:
+            raise quota.beyond_reach_error(result, call.model, body)  # a 400: waiting would never help
         if result is not None and clock.now() + result.retry_after > deadline:
             raise quota_error(result, call.model)
         result = await _wait_for_slot(gate, ordered, plimits, tokens, call, deadline)
@@ -133,7 +144,7 @@ async def _wait_for_slot(
     async with gate:
         while True:
             result = await _admit_one(ordered, set(), plimits, tokens, call)
-            if not isinstance(result, Outcome):
+            if not isinstance(result, Outcome) or result.beyond_reach:
                 return result
             if clock.now() + result.retry_after > deadline:
                 return result
