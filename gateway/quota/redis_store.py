@@ -52,7 +52,8 @@ class _LoopState:
     """What RedisStore keeps per event loop: its client, the admissions waiting to be sent, its leases, and
     token corrections waiting to be sent."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
         # retry: none (see the module's docstring); redis-py would otherwise retry with backoff.
         self.client = redis.asyncio.Redis.from_url(
             url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0)
@@ -78,11 +79,11 @@ class RedisStore:
 
     def _state(self) -> _LoopState:
         # A connection belongs to the loop that made it: one client per loop (each worker has one; tests have
-        # several).
-        loop_id = id(asyncio.get_running_loop())
-        state = self._loops.get(loop_id)
-        if state is None:
-            state = self._loops[loop_id] = _LoopState(self.url, self.timeout)
+        # several, and a loop's id may be reused once it is gone).
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(id(loop))
+        if state is None or state.loop is not loop:
+            state = self._loops[id(loop)] = _LoopState(self.url, self.timeout, loop)
         return state
 
     def _sync_client(self) -> redis.Redis:
