@@ -145,6 +145,8 @@ class RedisStore:
 
     async def _call(self, state: _LoopState, batch: list[Waiting], keys: list[str], args: list[Any],
                     now_ms: int) -> None:
+        # A task of its own, not any caller's: a request whose client leaves (cancelled) must not cancel the
+        # call the others of its batch wait on, nor leave redis-py's connection half-read.
         try:
             reply: Any = await state.acquire_script(keys, args)
         except Exception as e:
