@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 
 from gateway.models import ProviderKind
+from gateway.upstreams.interface import call_timeout
 
 if TYPE_CHECKING:
     from gateway.catalog import Route
@@ -127,7 +128,7 @@ def call_kwargs(route: Route, fields: dict[str, Any]) -> dict[str, Any]:
         # Retries and fallback are the router's; LiteLLM's own would hide 429s and double the wait.
         num_retries=0,
         max_retries=0,
-        timeout=settings.UPSTREAM_TIMEOUT,
+        timeout=call_timeout(route),
     )
     # Passing api_base explicitly keeps LiteLLM from looking anything up (synchronously) itself.
     if route.api_base:
