@@ -129,6 +129,8 @@ class Dispatch:
         return await _upstream.speech(route, body)
 
     async def embeddings(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
+        if passthrough.eligible(route):
+            return await passthrough.instance.embeddings(route, body)
         return await _upstream.embeddings(route, body)
 
 

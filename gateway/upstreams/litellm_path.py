@@ -10,7 +10,6 @@ import asyncio
 import base64
 import logging
 import re
-import struct
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -186,15 +185,7 @@ def _embed_in_thread(litellm: Any, kwargs: dict[str, Any], body: dict[str, Any],
 
 
 def finish_embeddings(response: Any, body: dict[str, Any], route: Route) -> dict[str, Any]:
-    result: dict[str, Any] = check_size(response.model_dump(exclude_none=True), route)
-    if body.get("encoding_format") == "base64":
-        # Asked of the provider as floats (not every provider, e.g. Gemini, offers base64), encoded here
-        # the way OpenAI does: little-endian float32.
-        for item in result.get("data") or []:
-            vector = item.get("embedding")
-            if isinstance(vector, list):
-                item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-    return result
+    return media.encode_embeddings(check_size(response.model_dump(exclude_none=True), route), body)
 
 
 # --- proxies --------------------------------------------------------------------------------------------------
