@@ -133,3 +133,29 @@ def test_more_than_2048_embedding_inputs_are_a_400_naming_the_field(portal, mast
     error = response.json()["error"]
     assert (error["param"], error["code"]) == ("input", "array_above_max_length")
     assert "2048" in error["message"]
+
+
+def test_a_large_embeddings_request_on_the_litellm_path_is_answered_whole(portal, master_key, gemini, monkeypatch,
+                                                                         tmp_path):
+    """Gemini's embeddings go through LiteLLM; a large request runs in a thread (its sync client) and must give
+    the same answer as a small one would, base64 encoding included."""
+    from gateway.models import Provider
+    from gateway.upstreams import litellm_path
+    from tests.catalog_setup import CREDENTIALS, load_builtin_catalog
+    from tests.mock_gemini import embedding_values
+
+    load_builtin_catalog(monkeypatch, tmp_path, env={"GEMINI_API_KEY": CREDENTIALS["GEMINI_API_KEY"]},
+                         bases={"gemini": gemini.base_url})
+    make_deployment(Provider.objects.get(name="gemini"), public_name="gemini-embed",
+                    upstream_model="gemini-embedding-001", model_info={"mode": "embedding"})
+    inputs = [f"text {i}" for i in range(300)]
+    assert litellm_path.large(inputs)
+
+    response = httpx.post(f"{portal.url}/v1/embeddings", headers={"Authorization": f"Bearer {master_key}"},
+                          json={"model": "gemini-embed", "input": inputs}, timeout=60)
+
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    assert [item["index"] for item in data] == list(range(300))
+    assert data[7]["embedding"] == pytest.approx(embedding_values("text 7", 8), abs=1e-6)
+    assert gemini.requests[-1].path == "/v1beta/models/gemini-embedding-001:batchEmbedContents"
