@@ -179,3 +179,29 @@ def test_the_copilot_device_login_goes_through_the_providers_proxy(portal, githu
 
     port = github.url.rsplit(":", 1)[1]
     assert proxy.seen() == [f"POST 127.0.0.1:{port}/login/device/code"]
+
+
+@pytest.mark.parametrize(("env", "url", "expected"), [
+    ({"HTTPS_PROXY": "http://p:3128"}, "https://openrouter.ai/api/v1", "http://p:3128"),
+    ({"HTTPS_PROXY": "http://p:3128"}, "http://lmstudio:1234/v1", None),
+    ({"https_proxy": "http://lower:1", "HTTPS_PROXY": "http://upper:2"}, "https://x.org", "http://lower:1"),
+    ({"HTTPS_PROXY": "p:3128"}, "https://x.org", "http://p:3128"),  # curl's default scheme for a bare host:port
+    ({"ALL_PROXY": "http://all:1"}, "https://x.org", "http://all:1"),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": ".lan,10.0.0.5"}, "https://box.lan/v1", None),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": ".lan,10.0.0.5"}, "https://10.0.0.5:8443/v1", None),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "lan"}, "https://box.lan/v1", None),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "other.lan"}, "https://box.lan/v1", "http://p:1"),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "box.lan:8443"}, "https://box.lan:8443/v1", None),
+    ({"HTTPS_PROXY": "http://p:1", "no_proxy": "*"}, "https://x.org", None),
+], ids=lambda v: str(v) if not isinstance(v, dict) else ",".join(f"{k}={x}" for k, x in v.items()))
+def test_the_proxy_of_a_url_follows_curls_reading_of_the_environment(monkeypatch, env, url, expected):
+    import yarl
+
+    from gateway.upstreams import client
+
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert client.proxy_for(yarl.URL(url)) == expected
+    assert client.proxy_for(yarl.URL(url), "http://own:9") == "http://own:9"  # a provider's own proxy wins

@@ -96,9 +96,8 @@ def _from_environment(values: tuple[str, ...], scheme: str, host: str, port: int
     proxy = proxies.get(scheme) or proxies.get("all")
     if not proxy:
         return None
-    # NO_PROXY entries may name a host with its port (curl accepts both forms).
-    if urllib.request.proxy_bypass_environment(host, proxies) or (
-        port is not None and urllib.request.proxy_bypass_environment(f"{host}:{port}", proxies)
-    ):
+    # NO_PROXY entries may name a host with its port (curl accepts both forms). On Linux proxy_bypass reads
+    # no_proxy/NO_PROXY (urllib's proxy_bypass_environment).
+    if urllib.request.proxy_bypass(host) or (port is not None and urllib.request.proxy_bypass(f"{host}:{port}")):
         return None
     return proxy if "://" in proxy else f"http://{proxy}"  # curl's default scheme for a bare host:port
