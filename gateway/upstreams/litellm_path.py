@@ -256,8 +256,7 @@ def parse_rate_limit(exc: Exception) -> tuple[float | None, bool]:
 
 def _is_connection_error(exc: BaseException) -> bool:
     """LiteLLM reports a refused connection as a 500 InternalServerError; look at what caused it."""
-    import httpx
-    import openai
+    import openai  # comes with LiteLLM: imported with it, on demand
 
     seen: BaseException | None = exc
     for _ in range(10):

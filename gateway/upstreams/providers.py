@@ -15,7 +15,8 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from gateway.models import ProviderKind
+from gateway.models import CopilotAuth, ProviderKind
+from gateway.upstreams.copilot.github import read_token_dir
 from gateway.upstreams.interface import call_timeout
 
 if TYPE_CHECKING:
@@ -90,13 +91,10 @@ def credential_ready(provider: Provider) -> bool:
 
 def copilot_connected(provider: Provider) -> bool:
     """The provider has a Copilot login, or a LiteLLM token dir it will adopt (see gateway.upstreams.copilot)."""
-    from gateway.models import CopilotAuth
-    from gateway.upstreams import copilot
-
     auth = CopilotAuth.objects.filter(provider_id=provider.pk).first() if provider.pk else None
     if auth is not None and (auth.connected or auth.source == "disconnected"):
         return auth.connected
-    return bool(copilot.read_token_dir())
+    return bool(read_token_dir())
 
 
 def default_headers(kind: str) -> dict[str, str]:
