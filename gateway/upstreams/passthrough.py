@@ -160,10 +160,13 @@ class PassthroughUpstream:
 
 async def post(url: yarl.URL, headers: dict[str, str], payload: bytes, *, proxy: str | None,
                timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
-    """POST through the shared session; a kept-alive connection the upstream had just closed is retried once.
+    """POST through the shared session; a connection dropped before any answer came is retried once.
 
-    aiohttp retries that case itself only for idempotent methods. A connection closed before any answer came
-    means the request was not read (a fresh connection refused outright is a ClientConnectorError: not retried).
+    The common cause is the race of an idle timeout: the upstream closes a kept-alive connection just as the
+    request goes out on it, unread. aiohttp retries that itself only for idempotent methods, and does not say
+    whether the connection was a reused one, so the first such failure gets one fresh attempt (a server that
+    read a request and then hung up without answering gets it twice, at most). A connection that could not be
+    made at all (ClientConnectorError: refused, DNS, TLS) is not retried.
     """
     for attempt in (1, 2):
         try:
