@@ -28,7 +28,7 @@ import time
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 
 from bench import report  # noqa: E402
-from bench.loadgen import LevelResult, Target, merge, run_level  # noqa: E402
+from bench.loadgen import LevelResult, Target, merge, run_level, run_level_beside_large  # noqa: E402
 from bench.procs import (  # noqa: E402
     Child,
     Children,
@@ -63,6 +63,8 @@ QUOTA_CONCURRENCY = 32
 # Short interleaved rounds, in ABBA order: a change in the machine's speed (on a shared host it swings by a fifth
 # within seconds) hits both sides alike, and each round's pair gives a difference of its own.
 QUOTA_ROUNDS = 16
+LARGE_CLIENTS = 4  # clients sending large inputs beside the ordinary requests (the hardening issue's four)
+T = TypeVar("T")
 # Variables of the caller's environment the portal must not see: real provider keys, another database.
 SCRUBBED_ENV = (
     "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "PORTAL_CONFIG", "OPENROUTER_API_KEY", "GEMINI_API_KEY",
@@ -98,7 +100,7 @@ class Servers:
     setup: dict[str, Any] = field(default_factory=dict)
 
 
-def drive(coro: Coroutine[Any, Any, LevelResult]) -> LevelResult:
+def drive(coro: Coroutine[Any, Any, T]) -> T:
     """One level on a fresh event loop (uvloop when installed: the client's own cost stays small)."""
     try:
         import uvloop
@@ -387,6 +389,32 @@ def run_quota_comparison(servers: Servers, plan: Plan, concurrency: int) -> tupl
     return summary, sent
 
 
+def run_large_inputs(servers: Servers, plan: Plan) -> tuple[dict[str, Any], int]:
+    """Ordinary requests (non-streaming, c=1) alone, then beside four clients sending large embeddings (2,048
+    inputs, ~1 MB) and large chat bodies (~1 MB) to the portal: the ordinary requests' p99 is what a worker
+    whose event loop stalled on a large input would show."""
+    assert servers.portal is not None
+    key = {"Authorization": f"Bearer {servers.setup['key_unlimited']}"}
+    models = servers.setup["models"]
+    target = Target("portal", servers.portal_url + "/v1/chat/completions", models["unlimited"], key)
+    alone, _ = measure(target, servers.portal, False, 1, plan)
+    beside, counts = drive(run_level_beside_large(target, servers.portal_url, (models["embed"],
+                                                       models["unlimited"]), clients=LARGE_CLIENTS,
+                                                       requests=plan.requests, seconds=plan.seconds))
+    summary = {
+        "clients": LARGE_CLIENTS,
+        "alone": alone.summary(),
+        "beside_large": beside.summary(),
+        "large_requests": counts,
+        "p99_diff_ms": report.diff(beside.summary()["p99_ms"], alone.summary()["p99_ms"]),
+    }
+    print(f"large inputs: ordinary p99 {summary['alone']['p99_ms']} ms alone, {summary['beside_large']['p99_ms']} "
+          f"ms beside {LARGE_CLIENTS} clients of large requests ({counts['ok']} answered, {counts['errors']} "
+          "errors)", flush=True)
+    sent = alone.sent + alone.warmup + beside.sent + beside.warmup + counts["ok"] + counts["errors"]
+    return summary, sent
+
+
 def progress_line(level: dict[str, Any]) -> str:
     kind = f"stream {level['upstream']}" if level["stream"] else "non-stream"
     parts = [f"{kind:>18} c={level['concurrency']:<3}"]
@@ -458,6 +486,8 @@ def run(plan: Plan, args: argparse.Namespace, children: Children, run_dir: Path)
         # The same at concurrency 1, where no request queues behind another: the latency the checks add.
         quota_c1, sent = run_quota_comparison(servers, plan, 1)
         portal_requests += sent
+    large_inputs, sent = run_large_inputs(servers, plan)
+    portal_requests += sent
     memory["portal"]["after_load"] = memory_of_tree(servers.portal.pid).as_dict()
     if servers.litellm is not None:
         memory["litellm"]["after_load"] = memory_of_tree(servers.litellm.pid).as_dict()
@@ -496,6 +526,7 @@ def run(plan: Plan, args: argparse.Namespace, children: Children, run_dir: Path)
         "levels": levels,
         "quota": quota,
         "quota_c1": quota_c1,
+        "large_inputs": large_inputs,
         "usage": usage,
         "litellm": plan.litellm,
     }

@@ -203,6 +203,48 @@ async def _drive(worker: _Worker, concurrency: int, requests: int, seconds: floa
     return issued
 
 
+# The large-inputs case: what one request may legitimately carry (OpenAI's limit of 2,048 embedding inputs, of
+# ~500 characters each: about 1 MB), and a chat body of the same size.
+LARGE_EMBEDDINGS_INPUTS = [f"word{i:04d} " * 55 for i in range(2048)]
+LARGE_CHAT_CONTENT = "benchmark " * 100_000
+
+
+async def send_large(url: str, headers: dict[str, str], models: tuple[str, str], stop: asyncio.Event,
+                     counts: dict[str, int]) -> None:
+    """Large embeddings and large chat requests, one after another, until `stop` (one client of several)."""
+    embed, chat = models
+    bodies = [("/v1/embeddings", orjson.dumps({"model": embed, "input": LARGE_EMBEDDINGS_INPUTS})),
+              ("/v1/chat/completions", orjson.dumps({"model": chat, "messages": [
+                  {"role": "user", "content": LARGE_CHAT_CONTENT}]}))]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        turn = 0
+        while not stop.is_set():
+            path, body = bodies[turn % 2]
+            turn += 1
+            try:
+                async with session.post(url + path, data=body, headers={**headers, "Content-Type":
+                                                                         "application/json"}) as response:
+                    await response.read()
+                    counts["ok" if response.status == 200 else "errors"] += 1
+            except (aiohttp.ClientError, TimeoutError):
+                counts["errors"] += 1
+
+
+async def run_level_beside_large(target: Target, large_url: str, models: tuple[str, str], *, clients: int,
+                                 requests: int, seconds: float) -> tuple[LevelResult, dict[str, int]]:
+    """An ordinary non-streaming level at concurrency 1 while `clients` clients send large requests."""
+    stop, counts = asyncio.Event(), {"ok": 0, "errors": 0}
+    senders = [asyncio.create_task(send_large(large_url, target.headers, models, stop, counts))
+               for _ in range(clients)]
+    await asyncio.sleep(0.5)  # the large requests are in flight
+    try:
+        result = await run_level(target, stream=False, concurrency=1, requests=requests, seconds=seconds)
+    finally:
+        stop.set()
+        await asyncio.gather(*senders)
+    return result, counts
+
+
 def merge(parts: list[LevelResult]) -> LevelResult:
     """Several rounds of one level as one result (rounds interleaved with another level cancel drift)."""
     first = parts[0]

@@ -33,6 +33,7 @@ KEY_LIMITS = {"rpm": 1_000_000, "rpd": 100_000_000, "tokens_per_day": 10**12, "t
 MODEL_LIMITED = "bench-model"
 MODEL_PACED = "bench-stream-paced"
 MODEL_UNLIMITED = "bench-model-nolimits"
+MODEL_EMBED = "bench-embed"  # the large-inputs case's embeddings model (no limits)
 
 
 def setup(mock_url: str, paced_url: str) -> dict[str, Any]:
@@ -55,7 +56,12 @@ def setup(mock_url: str, paced_url: str) -> dict[str, Any]:
         Deployment.objects.update_or_create(
             public_name=public, provider=row, upstream_model="bench-model", defaults={"enabled": True, **limits}
         )
-    return {"models": {"limited": MODEL_LIMITED, "paced": MODEL_PACED, "unlimited": MODEL_UNLIMITED}, **keys()}
+    Deployment.objects.update_or_create(
+        public_name=MODEL_EMBED, provider=mock, upstream_model="bench-embed",
+        defaults={"enabled": True, "model_info": {"mode": "embedding"}},
+    )
+    models = {"limited": MODEL_LIMITED, "paced": MODEL_PACED, "unlimited": MODEL_UNLIMITED, "embed": MODEL_EMBED}
+    return {"models": models, **keys()}
 
 
 def keys() -> dict[str, Any]:

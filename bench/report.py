@@ -228,6 +228,7 @@ def markdown(results: dict[str, Any]) -> str:
     ]
     lines += _quota_section(results.get("quota"))
     lines += _quota_section(results.get("quota_c1"), unsaturated=True)
+    lines += _large_inputs_section(results.get("large_inputs"))
     lines += _resources_section(results)
     lines += ["## Targets (issue 7; issue 4 for quotas)", "", "| figure | target | measured | met |",
               "| --- | --- | --- | --- |"]
@@ -236,6 +237,25 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {t['name']} | {t['target']} | {t['measured']} | {met} |")
     lines.append("")
     return "\n".join(lines)
+
+
+def _large_inputs_section(large: dict[str, Any] | None) -> list[str]:
+    """Ordinary requests beside large ones (issue 17): a worker whose event loop stalls shows it in their p99."""
+    if not large:
+        return []
+    alone, beside, counts = large["alone"], large["beside_large"], large["large_requests"]
+    return [
+        f"## Large inputs beside ordinary traffic (issue 17): non-streaming chat, c=1, beside {large['clients']} "
+        "clients sending 2,048-input embeddings and ~1 MB chat bodies",
+        "",
+        "| ordinary requests | p50 | p99 | errors |",
+        "| --- | --- | --- | --- |",
+        f"| alone | {num(alone['p50_ms'])} ms | {num(alone['p99_ms'])} ms | {alone['errors']} |",
+        f"| beside large requests | {num(beside['p50_ms'])} ms | {num(beside['p99_ms'])} ms | {beside['errors']} |",
+        "",
+        f"Large requests answered: {counts['ok']}, errors: {counts['errors']}. Target: ordinary p99 under 50 ms.",
+        "",
+    ]
 
 
 def _quota_section(quota: dict[str, Any] | None, unsaturated: bool = False) -> list[str]:

@@ -31,7 +31,7 @@ class ProviderForm(forms.ModelForm):
 
     class Meta:
         model = Provider
-        fields = ["name", "kind", "api_base", "reset_timezone", "enabled", "extra"]
+        fields = ["name", "kind", "api_base", "proxy_url", "reset_timezone", "enabled", "extra"]
 
     def save(self, commit: bool = True) -> Provider:
         provider: Provider = super().save(commit=False)

@@ -22,6 +22,12 @@ def validate_api_base(value: str) -> None:
     raise ValidationError("Enter an http(s) URL or os.environ/NAME.")
 
 
+def validate_proxy_url(value: str) -> None:
+    if value.startswith(("http://", "https://")) and "://" not in value.split("://", 1)[1]:
+        return
+    raise ValidationError("Enter the proxy's URL, e.g. http://proxy.internal:3128.")
+
+
 def validate_timezone(value: str) -> None:
     try:
         zoneinfo.ZoneInfo(value)
@@ -127,6 +133,14 @@ class Provider(models.Model):
         help_text="Disabled by load_catalog until its credential is set; load_catalog then enables it.",
     )
     extra = models.JSONField(default=dict, blank=True, help_text="Extra LiteLLM parameters for every call.")
+    proxy_url = models.CharField(
+        "proxy URL",
+        max_length=500,
+        blank=True,
+        validators=[validate_proxy_url],
+        help_text="Send this provider's calls through this HTTP proxy (e.g. http://proxy.internal:3128), whatever "
+        "HTTPS_PROXY, HTTP_PROXY and NO_PROXY say. Leave empty to follow those environment variables.",
+    )
     reset_timezone = models.CharField(
         max_length=64,
         default="UTC",

@@ -29,7 +29,6 @@ from django.core.handlers.exception import convert_exception_to_response  # noqa
 from gateway import health, quota  # noqa: E402
 from gateway import upstreams as upstream  # noqa: E402
 from gateway.errors import GatewayError  # noqa: E402
-from gateway.upstreams import passthrough  # noqa: E402
 from portal.lean import GATEWAY_PREFIXES, reject_oversized  # noqa: E402
 from tracking import recorder  # noqa: E402
 
@@ -196,9 +195,8 @@ async def _lifespan(receive: Any, send: Any) -> None:
             await quota.store().flush()
             await quota.store().aclose()
             await sync_to_async(quota.ledger.flush)()
-            await passthrough.instance.aclose()
-            if upstream.litellm_loaded():
-                await upstream.aclose()
+            # The shared upstream session's connections, and LiteLLM's clients if it was loaded.
+            await upstream.aclose()
             # Buffered usage records too (gunicorn's SIGTERM -> uvicorn runs this after in-flight requests).
             await sync_to_async(recorder.shutdown, thread_sensitive=False)()
             await send({"type": "lifespan.shutdown.complete"})

@@ -239,7 +239,15 @@ class EmbeddingsRequest:
     base64: bool
 
 
+# OpenAI's documented limit of inputs per embeddings request (a single token array is one input).
+MAX_EMBEDDING_INPUTS = 2048
+
+
 def _check_embedding_input(value: Any) -> None:
+    if isinstance(value, list) and len(value) > MAX_EMBEDDING_INPUTS and not isinstance(value[0], int):
+        raise bad_request(f"Invalid 'input': array too long. Expected an array with maximum length "
+                          f"{MAX_EMBEDDING_INPUTS}, but got an array with length {len(value)} instead.",
+                          param="input", code="array_above_max_length")
     ok = isinstance(value, str) and value != ""
     if isinstance(value, list) and value:
         kinds = {type(item) for item in value}

@@ -50,6 +50,8 @@ class Route:
     max_wait_seconds: float = 0.0
     # The provider-side quota this deployment is counted against (its own and its pool's).
     limits: tuple[Limit, ...] = ()
+    # The provider's own egress proxy ("" = HTTPS_PROXY/HTTP_PROXY/NO_PROXY decide; see gateway.upstreams.client).
+    proxy_url: str = field(default="", repr=False)
 
     @property
     def mode(self) -> str:
@@ -131,6 +133,7 @@ def route_for(d: Any) -> Route:
         reset_timezone=p.reset_timezone,
         max_wait_seconds=d.max_wait_seconds,
         limits=deployment_limits(d),
+        proxy_url=p.proxy_url,
     )
 
 

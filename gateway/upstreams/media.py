@@ -9,10 +9,12 @@ the address it checked); before that, URLs that name such an address outright ar
 
 from __future__ import annotations
 
+import base64
 import io
 import ipaddress
 import re
 import socket
+import struct
 import wave
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -178,6 +180,20 @@ def refuse_other_modes(routes: tuple[Route, ...], model: str, endpoint: str, all
             param="model",
             code="wrong_model_mode",
         )
+
+
+# --- Embeddings -----------------------------------------------------------------------------------
+
+
+def encode_embeddings(result: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """The vectors as the client asked: asked of the provider as floats (not every provider, e.g. Gemini, offers
+    base64), encoded here the way OpenAI does when the client wants base64: little-endian float32."""
+    if body.get("encoding_format") == "base64":
+        for item in result.get("data") or []:
+            vector = item.get("embedding") if isinstance(item, dict) else None
+            if isinstance(vector, list):
+                item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return result
 
 
 # --- Calls the router can retry -------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -21,7 +21,9 @@ import yarl
 from django.conf import settings
 
 from gateway.catalog import Route
-from gateway.upstreams import RESERVED_FIELDS, UpstreamError, copilot, error_for_status, http1, providers, too_large
+from gateway.upstreams import client, copilot, media, providers
+from gateway.upstreams.errors import UpstreamError, error_for_status, too_large
+from gateway.upstreams.interface import RESERVED_FIELDS, call_timeout
 
 # Kinds whose upstream speaks OpenAI chat natively (Copilot with a short-lived token and editor headers).
 NATIVE_KINDS = frozenset({"openai", "openai_compatible", "openrouter", "github_models", "github_copilot", "lm_studio"})
@@ -37,42 +39,9 @@ def eligible(route: Route) -> bool:
 
 
 class PassthroughUpstream:
-    def __init__(self) -> None:
-        self._sessions: dict[int, aiohttp.ClientSession] = {}
-        self._pools: dict[int, http1.Pool] = {}
-
-    def _pool(self) -> http1.Pool:
-        # Whole answers go through the lean client (gateway/upstreams/http1.py), one pool per event loop; streams
-        # through aiohttp's session.
-        loop_id = id(asyncio.get_running_loop())
-        pool = self._pools.get(loop_id)
-        if pool is None:
-            pool = self._pools[loop_id] = http1.Pool()
-        return pool
-
-    def _session(self) -> aiohttp.ClientSession:
-        # One pooled session per event loop (each worker has one loop; tests may have several). aiohttp's
-        # client costs a fraction of httpx's per request, which is most of this path's own overhead.
-        loop_id = id(asyncio.get_running_loop())
-        session = self._sessions.get(loop_id)
-        if session is None or session.closed:
-            connector = aiohttp.TCPConnector(limit=1000, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
-            # No cookie jar: one session serves every user, so a provider's Set-Cookie must not follow the next
-            # user's request (and filtering a jar costs time on every request).
-            session = aiohttp.ClientSession(connector=connector, auto_decompress=True, skip_auto_headers=["User-Agent"],
-                                            cookie_jar=aiohttp.DummyCookieJar())
-            self._sessions[loop_id] = session
-        return session
-
     async def aclose(self) -> None:
         """Close this loop's pooled connections (at shutdown)."""
-        loop_id = id(asyncio.get_running_loop())
-        session = self._sessions.pop(loop_id, None)
-        if session is not None:
-            await session.close()
-        pool = self._pools.pop(loop_id, None)
-        if pool is not None:
-            pool.close()
+        await client.aclose()
 
     async def _request(self, route: Route, body: dict[str, Any], stream: bool) -> tuple[str, dict[str, str], bytes]:
         kwargs = providers.call_kwargs(route, {})
@@ -117,32 +86,58 @@ class PassthroughUpstream:
                     raise  # a token is only refused before the stream starts
                 await copilot.after_rejection(route, e, attempt)
 
-    async def _complete(self, route: Route, url: str, headers: dict[str, str], payload: bytes) -> dict[str, Any]:
-        # A whole answer must come within UPSTREAM_TIMEOUT, not each read: a provider dripping bytes would
+    async def embeddings(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
+        """OpenAI's embeddings call, forwarded as is and read with orjson.
+
+        Not through LiteLLM: the openai SDK it uses builds a typed object per number of the answer, about a
+        second of the event loop's time for 2,048 inputs. Vectors are asked for as floats (not every server
+        offers base64) and encoded here when the client asked (see gateway.upstreams.media.encode_embeddings).
+        """
+        fields = {k: body[k] for k in ("input", "dimensions", "user") if body.get(k) is not None}
+        for attempt in (1, 2):
+            url, headers, _ = await self._request(route, {}, stream=False)
+            payload = orjson.dumps({**fields, "model": route.upstream_model, "encoding_format": "float"})
+            try:
+                result = await self._complete(route, url.removesuffix("/chat/completions") + "/embeddings",
+                                              headers, payload, parse=parse_embeddings)
+            except UpstreamError as e:
+                await copilot.after_rejection(route, e, attempt)
+                continue
+            return media.encode_embeddings(result, body)
+        raise AssertionError("unreachable")
+
+    async def _complete(self, route: Route, url: str, headers: dict[str, str], payload: bytes, *,
+                        parse: Callable[[bytes, Route], dict[str, Any]] | None = None) -> dict[str, Any]:
+        # A whole answer must come within the call's timeout, not each read: a provider dripping bytes would
         # otherwise hold the request forever.
-        limit, cap = settings.UPSTREAM_TIMEOUT, settings.MAX_UPSTREAM_RESPONSE_BYTES
+        limit = call_timeout(route)
+        target = parsed_url(url)
         try:
             async with asyncio.timeout(limit):
-                response = await self._pool().post(parsed_url(url), headers, payload,
-                                                   connect_timeout=min(limit, 10), cap=cap)
-        except http1.TooLarge:
-            raise too_large(route, cap) from None
-        except http1.ConnectionFailed as e:
-            raise connection_failed(e, route) from None
-        except TimeoutError as e:
+                response = await post(target, headers, payload, proxy=client.proxy_for(target, route.proxy_url),
+                                      timeout=_timeout(limit))
+                try:
+                    body = await read_capped(response, route)
+                except BaseException:
+                    response.close()  # timed out, cancelled, cut: the answer is abandoned with its connection
+                    raise
+                response.release()
+        except (aiohttp.ClientError, TimeoutError) as e:
             raise transport_error(e, route) from None
-        except ValueError as e:  # a header the operator configured cannot be sent (see http1.request_bytes)
+        except ValueError as e:  # a header the operator configured cannot be sent (a CR or LF in it)
             raise UpstreamError(502, f"Provider '{route.provider_name}' has a header that cannot be sent: {e}.",
                                 code="upstream_not_configured") from None
         if response.status >= 400:
-            raise error_for_status(route, response.status, response.body.decode(errors="replace"), response.headers)
-        return parse_completion(response.body, route)
+            raise error_for_status(route, response.status, body.decode(errors="replace"), response.headers)
+        return (parse or parse_completion)(body, route)
 
     async def _stream(
         self, route: Route, url: str, headers: dict[str, str], payload: bytes
     ) -> AsyncIterator[dict[str, Any]]:
         try:
-            response = await self._session().post(parsed_url(url), data=payload, headers=headers, timeout=timeout())
+            target = parsed_url(url)
+            response = await post(target, headers, payload, proxy=client.proxy_for(target, route.proxy_url),
+                                  timeout=_timeout(call_timeout(route)))
         except (aiohttp.ClientError, TimeoutError) as e:
             raise transport_error(e, route) from None
         finished = False
@@ -163,15 +158,30 @@ class PassthroughUpstream:
                 response.close()
 
 
-def timeout() -> aiohttp.ClientTimeout:
-    """A stream's timeouts: UPSTREAM_TIMEOUT to connect and for each read (a stream has no total: its silences
-    are bounded by STREAM_IDLE_TIMEOUT instead). Whole answers have theirs in `_complete`."""
-    # The setting is read per request, so a change applies without rebuilding the pooled session.
-    return _timeout(settings.UPSTREAM_TIMEOUT)
+async def post(url: yarl.URL, headers: dict[str, str], payload: bytes, *, proxy: str | None,
+               timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+    """POST through the shared session; a connection dropped before any answer came is retried once.
+
+    The common cause is the race of an idle timeout: the upstream closes a kept-alive connection just as the
+    request goes out on it, unread. aiohttp retries that itself only for idempotent methods, and does not say
+    whether the connection was a reused one, so the first such failure gets one fresh attempt (a server that
+    read a request and then hung up without answering gets it twice, at most). A connection that could not be
+    made at all (ClientConnectorError: refused, DNS, TLS) is not retried.
+    """
+    for attempt in (1, 2):
+        try:
+            return await client.session().post(url, data=payload, headers=headers, proxy=proxy, timeout=timeout)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+            if attempt == 2 or isinstance(e, aiohttp.ClientConnectorError):
+                raise
+    raise AssertionError("unreachable")
 
 
 @functools.lru_cache(maxsize=64)
 def _timeout(limit: float) -> aiohttp.ClientTimeout:
+    """aiohttp's timeouts for a call bounded by `limit`: connect within it (10 s at most) and no read silence
+    longer than it. A stream has no total (its silences are bounded by STREAM_IDLE_TIMEOUT instead); a whole
+    answer's total is the asyncio.timeout around it."""
     return aiohttp.ClientTimeout(total=None, sock_connect=min(limit, 10), sock_read=limit)
 
 
@@ -187,6 +197,8 @@ async def read_capped(response: aiohttp.ClientResponse, route: Route) -> bytes:
     if response.content_length is not None and response.content_length > cap:
         response.close()
         raise too_large(route, cap)
+    if response.content_length is not None:
+        return await response.read()  # the length is known and under the cap: one read
     body = bytearray()
     async for data in response.content.iter_chunked(READ_CHUNK):
         body += data
@@ -232,6 +244,13 @@ def parse_completion(content: bytes, route: Route) -> dict[str, Any]:
     return data
 
 
+def parse_embeddings(content: bytes, route: Route) -> dict[str, Any]:
+    data = parse_completion(content, route)
+    if not isinstance(data.get("data"), list):
+        raise malformed(route, "an embeddings response without a data list")
+    return data
+
+
 async def sse_chunks(lines: AsyncIterable[bytes], route: Route) -> AsyncIterator[dict[str, Any]]:
     """The JSON chunks of an OpenAI SSE stream; a malformed line or a stream cut short is an error."""
     async for raw in lines:
@@ -270,14 +289,6 @@ def embedded_error(error: Any, route: Route) -> UpstreamError:
         return error_for_status(route, status, orjson.dumps({"error": error}).decode(), {})
     return UpstreamError(502, f"Provider '{route.provider_name}' returned an error: {str(message)[:500]}",
                          code="upstream_error", upstream_status=502)
-
-
-def connection_failed(e: http1.ConnectionFailed, route: Route) -> UpstreamError:
-    where = f"provider '{route.provider_name}' (model '{route.public_name}')"
-    if e.refused:
-        return UpstreamError(502, f"Could not reach {where}.", code="upstream_connection_error", upstream_status=500)
-    return UpstreamError(502, f"{where} closed the connection mid-response.", code="upstream_connection_error",
-                         upstream_status=502)
 
 
 def transport_error(e: BaseException, route: Route) -> UpstreamError:

@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from gateway.models import ProviderKind
+from gateway.models import CopilotAuth, ProviderKind
+from gateway.upstreams.copilot.github import read_token_dir
+from gateway.upstreams.interface import call_timeout
 
 if TYPE_CHECKING:
     from gateway.catalog import Route
@@ -89,13 +91,10 @@ def credential_ready(provider: Provider) -> bool:
 
 def copilot_connected(provider: Provider) -> bool:
     """The provider has a Copilot login, or a LiteLLM token dir it will adopt (see gateway.upstreams.copilot)."""
-    from gateway.models import CopilotAuth
-    from gateway.upstreams import copilot
-
     auth = CopilotAuth.objects.filter(provider_id=provider.pk).first() if provider.pk else None
     if auth is not None and (auth.connected or auth.source == "disconnected"):
         return auth.connected
-    return bool(copilot.read_token_dir())
+    return bool(read_token_dir())
 
 
 def default_headers(kind: str) -> dict[str, str]:
@@ -127,7 +126,7 @@ def call_kwargs(route: Route, fields: dict[str, Any]) -> dict[str, Any]:
         # Retries and fallback are the router's; LiteLLM's own would hide 429s and double the wait.
         num_retries=0,
         max_retries=0,
-        timeout=settings.UPSTREAM_TIMEOUT,
+        timeout=call_timeout(route),
     )
     # Passing api_base explicitly keeps LiteLLM from looking anything up (synchronously) itself.
     if route.api_base:
