@@ -35,6 +35,7 @@ from django.core.handlers.exception import convert_exception_to_response  # noqa
 
 from gateway import health, quota  # noqa: E402
 from gateway import upstreams as upstream  # noqa: E402
+from gateway.api.relay import Translation  # noqa: E402
 from gateway.errors import GatewayError  # noqa: E402
 from gateway.upstreams import passthrough  # noqa: E402
 from portal.lean import CappedReceive, declared_length, gateway_prefixes, new_request_id, refuse_too_large  # noqa: E402
@@ -88,6 +89,9 @@ class GatewayHandler(ASGIHandler):
     async def send_response(self, response: Any, send: Any) -> None:
         # x-ratelimit-* come ready-encoded (gateway.api.views.with_rate_headers): on every answer, six headers through
         # Django's per-header checks cost more than the quota check that made them.
+        if isinstance(send, _ResponseWatch):
+            # A stream's own way of writing an error (Anthropic's, the Responses API's), for a shutdown's last word.
+            send.translation = getattr(response, "translation", None)
         extra = getattr(response, "rate_headers", None)
         if not extra:
             await super().send_response(response, send)
@@ -175,11 +179,12 @@ class _WithRequestId:
 class _ResponseWatch:
     """Passes the response on, noting whether it started, is a stream, and ended (a few attribute writes)."""
 
-    __slots__ = ("ended", "send", "started", "streaming")
+    __slots__ = ("ended", "send", "started", "streaming", "translation")
 
     def __init__(self, send: Any) -> None:
         self.send = send
         self.started = self.streaming = self.ended = False
+        self.translation: Translation | None = None
 
     async def __call__(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
@@ -210,7 +215,8 @@ class _ResponseWatch:
                 await self.send({"type": "http.response.start", "status": 503, "headers": headers})
                 await self.send({"type": "http.response.body", "body": response.content})
             elif self.streaming and not self.ended:
-                event = b"data: " + orjson.dumps(error.body()) + b"\n\n"
+                translation = self.translation
+                event = translation.error(error) if translation else b"data: " + orjson.dumps(error.body()) + b"\n\n"
                 await self.send({"type": "http.response.body", "body": event})
 
 

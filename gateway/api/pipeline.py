@@ -152,6 +152,7 @@ async def serve(call: Call, body: dict[str, Any], parse: Parse) -> HttpResponseB
         # The router admits a deployment and opens its stream; from here the relay owns the call and records it.
         first, chunks = await router.open_stream(job.upstream, plan, job.body, call)
         response = sse_response(relay(call, job.stream, first, chunks))
+        response.translation = job.stream  # type: ignore[attr-defined]  # for a shutdown's last event (asgi.py)
     else:
         result = await router.complete(job.upstream, plan, job.body, call)
         call.status = 200
