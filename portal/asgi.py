@@ -74,7 +74,7 @@ class GatewayHandler(ASGIHandler):
     async def read_body(self, receive: Any) -> io.BytesIO:  # type: ignore[override]
         """The body, in memory: it is capped before it gets here (see `application`) and the view reads it whole
         anyway, so Django's spooled temporary file would only add a copy, or a write to disk."""
-        parts = []
+        parts: list[bytes] = []
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
@@ -168,7 +168,7 @@ class _WithRequestId:
     def __init__(self, send: Any) -> None:
         self.send = send
 
-    async def __call__(self, message: dict[str, Any]) -> None:
+    async def __call__(self, message: Mapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             headers = message.get("headers", ())
             if not any(name.lower() == b"x-request-id" for name, _ in headers):

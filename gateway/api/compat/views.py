@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
 from gateway.api.calls import Call
-from gateway.api.compat import anthropic, responses
+from gateway.api.compat import anthropic, anthropic_stream, responses, responses_stream
 from gateway.api.pipeline import Job, gateway_view, json_response, model_view, route
 from gateway.api.validation import json_body
 from gateway.api.views import CHAT_MODES
@@ -34,7 +34,7 @@ async def _message(body: dict[str, Any], call: Call) -> Job:
 
     return Job(
         parsed.model, parsed.chat, default_upstream(), "messages", CHAT_MODES, answer,
-        stream=anthropic.MessageStream(parsed, message_id) if parsed.stream else None,
+        stream=anthropic_stream.MessageStream(parsed, message_id) if parsed.stream else None,
         narrow=lambda routes: media.routes_for_images(routes, parsed.images, parsed.model),
     )
 
@@ -78,7 +78,7 @@ async def _response(body: dict[str, Any], call: Call) -> Job:
 
     return Job(
         parsed.model, parsed.chat(history), default_upstream(), "responses", CHAT_MODES, answer,
-        stream=responses.ResponseStream(parsed, response_id, owner, history) if parsed.stream else None,
+        stream=responses_stream.ResponseStream(parsed, response_id, owner, history) if parsed.stream else None,
         narrow=lambda routes: media.routes_for_images(routes, parsed.images, parsed.model),
     )
 
