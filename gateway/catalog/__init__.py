@@ -4,6 +4,10 @@ Saving a Provider or Deployment bumps a version number in the shared cache;
 each worker compares it at most every CATALOG_REFRESH_SECONDS and reloads the
 snapshot when it moved. With Redis that reaches every worker on every host;
 with the in-process cache (embedded default, one process) it is immediate.
+
+A request is never refused for a change the worker has not checked yet: one that names a model the snapshot
+lacks has the version checked again before its 404 (`recheck`), and requests that arrive while a check or a
+reload is under way wait for it (bounded) instead of being served the snapshot it is about to replace.
 """
 
 from __future__ import annotations
