@@ -16,13 +16,15 @@ import datetime as dt
 import logging
 import math
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 
-from gateway import catalog, clock, quota
+from gateway import clock, quota
 from gateway.api.calls import Call
-from gateway.catalog import Route
+from gateway.auth import Principal
+from gateway.catalog import Route, Snapshot
 from gateway.errors import GatewayError
 from gateway.quota import Admission, Limit, Outcome
 from gateway.upstreams import Upstream, UpstreamError
@@ -73,14 +75,22 @@ def _earliest(a: Outcome | None, b: Outcome) -> Outcome:
     return b if a is None or b.retry_after < a.retry_after else a
 
 
-async def _ordered_routes(routes: tuple[Route, ...], call: Call) -> list[Route]:
-    """The model's deployments, then those of its configured fallbacks the caller may use."""
-    out = list(routes)
-    snapshot = await catalog.get()
-    for name in snapshot.fallbacks.get(call.model, ()):
-        if call.principal is None or call.principal.may_use(name):
-            out += [r for r in snapshot.routes(name) if r not in out]
-    return out
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Where a request may go: the model's deployments (narrowed to those able to take it), then those of the
+    model's configured fallbacks that the caller may use, all from one catalog snapshot."""
+
+    routes: tuple[Route, ...]
+    fallbacks: tuple[Route, ...] = ()
+
+    def ordered(self) -> list[Route]:
+        return [*self.routes, *(r for r in self.fallbacks if r not in self.routes)]
+
+
+def plan(snapshot: Snapshot, model: str, routes: tuple[Route, ...], principal: Principal) -> Plan:
+    names = snapshot.fallbacks.get(model, ())
+    fallbacks = tuple(r for name in names if principal.may_use(name) for r in snapshot.routes(name))
+    return Plan(routes, fallbacks)
 
 
 async def _admit_one(
@@ -109,12 +119,12 @@ async def _admit_one(
     return refusal or beyond_reach
 
 
-async def candidates(routes: tuple[Route, ...], body: dict[str, Any], call: Call) -> AsyncIterator[Route]:
+async def candidates(plan: Plan, body: dict[str, Any], call: Call) -> AsyncIterator[Route]:
     """Yield admitted deployments in order; raise the 429 when none has room (after waiting, if allowed)."""
-    ordered = await _ordered_routes(routes, call)
+    ordered = plan.ordered()
     tokens = quota.estimate_tokens(body)
     plimits = quota.key_limits(call.principal, call.model)
-    max_wait = max((r.max_wait_seconds for r in routes), default=0.0)
+    max_wait = max((r.max_wait_seconds for r in plan.routes), default=0.0)
     deadline = clock.now() + max_wait
     tried: set[int] = set()
     gate = _gates.setdefault(call.model, asyncio.Lock())
@@ -178,10 +188,10 @@ def note_success(route: Route) -> None:
     _failures.pop(route.id, None)
 
 
-async def complete(upstream: Upstream, routes: tuple[Route, ...], body: dict[str, Any], call: Call) -> dict[str, Any]:
+async def complete(upstream: Upstream, plan: Plan, body: dict[str, Any], call: Call) -> dict[str, Any]:
     """Try admitted deployments in order; a retryable failure moves on, a client error stops."""
     error: UpstreamError | None = None
-    async for route in candidates(routes, body, call):
+    async for route in candidates(plan, body, call):
         call.route, call.attempts = route, call.attempts + 1
         try:
             result = await upstream.complete(route, body)
@@ -199,11 +209,11 @@ async def complete(upstream: Upstream, routes: tuple[Route, ...], body: dict[str
 
 
 async def open_stream(
-    upstream: Upstream, routes: tuple[Route, ...], body: dict[str, Any], call: Call
+    upstream: Upstream, plan: Plan, body: dict[str, Any], call: Call
 ) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
     """Start a stream and read its first chunk, so fallback happens before the client sees a byte."""
     error: UpstreamError | None = None
-    async for route in candidates(routes, body, call):
+    async for route in candidates(plan, body, call):
         call.route, call.attempts = route, call.attempts + 1
         chunks = upstream.stream(route, body)
         try:

@@ -1,14 +1,20 @@
-"""ASGI entry point: /v1 and health skip the admin's middleware stack.
+"""ASGI entry point: the gateway's paths skip the admin's middleware stack; every body is capped as it arrives.
 
-Django's stock middleware (sessions, CSRF, auth, messages) is sync and would
-hop to a thread on every request; the gateway paths need none of it, so they
-go to a handler without middleware. Everything else is plain Django.
+Django's stock middleware (sessions, CSRF, auth, messages) is sync and would hop to a thread on every request;
+the gateway paths (those of gateway/urls.py: /v1, its aliases, health) need none of it, so they go to a handler
+without middleware. Everything else is plain Django.
+
+Before either sees a request, its body is held to a limit (MAX_REQUEST_BODY_BYTES on the gateway,
+MAX_ADMIN_REQUEST_BODY_BYTES elsewhere): a Content-Length over it is answered 413 before a byte is read, and a
+chunked body is counted as it arrives and refused at the limit, so a huge body is neither read nor spooled.
+Every response carries an x-request-id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import time
 from collections.abc import Mapping
@@ -22,14 +28,16 @@ django.setup(set_prefix=False)
 
 import orjson  # noqa: E402
 from asgiref.sync import sync_to_async  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.core.exceptions import RequestAborted  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
 
 from gateway import health, quota  # noqa: E402
 from gateway import upstreams as upstream  # noqa: E402
+from gateway.api.relay import Translation  # noqa: E402
 from gateway.errors import GatewayError  # noqa: E402
-from portal.lean import GATEWAY_PREFIXES, reject_oversized  # noqa: E402
+from portal.lean import CappedReceive, declared_length, gateway_prefixes, new_request_id, refuse_too_large  # noqa: E402
 from tracking import recorder  # noqa: E402
 
 
@@ -55,19 +63,34 @@ class GatewayHandler(ASGIHandler):
             body_file = await self.read_body(receive)
         except RequestAborted:
             return
-        try:
-            request, error_response = self.create_request(scope, body_file)
-            if request is None:
-                assert error_response is not None
-                await self.send_response(error_response, send)
-                return
-            await self._serve(request, receive, send)
-        finally:
-            body_file.close()
+        request, _ = self.create_request(scope, body_file)
+        if request is None:  # a path that is not UTF-8
+            await self.send_response(GatewayError(400, "The request's path is not valid UTF-8.",
+                                                  code="bad_request").response(), send)
+            return
+        await self._serve(request, receive, send)
+
+    async def read_body(self, receive: Any) -> io.BytesIO:  # type: ignore[override]
+        """The body, in memory: it is capped before it gets here (see `application`) and the view reads it whole
+        anyway, so Django's spooled temporary file would only add a copy, or a write to disk."""
+        parts: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise RequestAborted()
+            more = message.get("more_body", False)
+            if not parts and not more:
+                return io.BytesIO(message.get("body", b""))
+            parts.append(message.get("body", b""))
+            if not more:
+                return io.BytesIO(b"".join(parts))
 
     async def send_response(self, response: Any, send: Any) -> None:
         # x-ratelimit-* come ready-encoded (gateway.api.views.with_rate_headers): on every answer, six headers through
         # Django's per-header checks cost more than the quota check that made them.
+        if isinstance(send, _ResponseWatch):
+            # A stream's own way of writing an error (Anthropic's, the Responses API's), for a shutdown's last word.
+            send.translation = getattr(response, "translation", None)
         extra = getattr(response, "rate_headers", None)
         if not extra:
             await super().send_response(response, send)
@@ -112,32 +135,68 @@ django_app = ASGIHandler()
 gateway_app = GatewayHandler()
 
 
+GATEWAY_PREFIXES = gateway_prefixes()
+
+
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] == "lifespan":
-        await _lifespan(receive, send)
+    if scope["type"] != "http":
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+        else:
+            await django_app(scope, receive, send)
         return
-    if scope["type"] == "http" and scope["path"].startswith(GATEWAY_PREFIXES):
-        if await reject_oversized(scope, send):
-            return
+    gateway = scope["path"].startswith(GATEWAY_PREFIXES)
+    limit = settings.MAX_REQUEST_BODY_BYTES if gateway else settings.MAX_ADMIN_REQUEST_BODY_BYTES
+    length = declared_length(scope)
+    if length is None:
+        receive = CappedReceive(receive, send, limit, gateway)
+    elif length > limit:
+        await refuse_too_large(send, gateway)
+        return
+    if gateway:
         await _serve_gateway(scope, receive, send)
-        return
-    await django_app(scope, receive, send)
+    else:
+        await django_app(scope, receive, _WithRequestId(send))
+
+
+class _WithRequestId:
+    """The Django side's `send`: its responses get an x-request-id too (the gateway's views set their own)."""
+
+    __slots__ = ("send",)
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+
+    async def __call__(self, message: Mapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            headers = message.get("headers", ())
+            if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                message = {**message, "headers": [*headers, (b"x-request-id", new_request_id())]}
+        await self.send(message)
 
 
 class _ResponseWatch:
     """Passes the response on, noting whether it started, is a stream, and ended (a few attribute writes)."""
 
-    __slots__ = ("ended", "send", "started", "streaming")
+    __slots__ = ("ended", "send", "started", "streaming", "translation")
 
     def __init__(self, send: Any) -> None:
         self.send = send
         self.started = self.streaming = self.ended = False
+        self.translation: Translation | None = None
 
     async def __call__(self, message: dict[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.started = True
-            self.streaming = any(name.lower() == b"content-type" and value.startswith(b"text/event-stream")
-                                 for name, value in message.get("headers", ()))
+            has_id = False
+            for name, value in message.get("headers", ()):
+                lowered = name.lower()
+                if lowered == b"content-type":
+                    self.streaming = value.startswith(b"text/event-stream")
+                elif lowered == b"x-request-id":
+                    has_id = True
+            if not has_id:  # an answer no gateway view made (Django's 404 for an unknown path, a 400)
+                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", new_request_id())]}
         elif not message.get("more_body", False):
             self.ended = True
         await self.send(message)
@@ -151,10 +210,12 @@ class _ResponseWatch:
             if not self.started:
                 response = error.response()
                 headers = [(k.lower().encode(), v.encode()) for k, v in response.items()]
+                headers.append((b"x-request-id", new_request_id()))
                 await self.send({"type": "http.response.start", "status": 503, "headers": headers})
                 await self.send({"type": "http.response.body", "body": response.content})
             elif self.streaming and not self.ended:
-                event = b"data: " + orjson.dumps(error.body()) + b"\n\n"
+                translation = self.translation
+                event = translation.error(error) if translation else b"data: " + orjson.dumps(error.body()) + b"\n\n"
                 await self.send({"type": "http.response.body", "body": event})
 
 

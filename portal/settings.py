@@ -251,7 +251,11 @@ SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", "0")
 # --- Gateway ---
 # Largest request body accepted on /v1 (bytes); larger gets a 413 envelope.
 MAX_REQUEST_BODY_BYTES = envint("MAX_REQUEST_BODY_BYTES", str(20 * 1024 * 1024))
-DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
+# Largest request body accepted by the admin, the key pages and the management API (bytes); larger gets a 413.
+# Django's own limits match it, so an accepted body (a form, an upload) is always held in memory, never spooled.
+MAX_ADMIN_REQUEST_BODY_BYTES = envint("MAX_ADMIN_REQUEST_BODY_BYTES", str(4 * 1024 * 1024))
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_ADMIN_REQUEST_BODY_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = MAX_ADMIN_REQUEST_BODY_BYTES
 # Seconds to wait for an upstream before answering 504.
 UPSTREAM_TIMEOUT = envfloat("UPSTREAM_TIMEOUT", "600")
 # Largest answer read from a provider (a whole response, or a whole stream); more is a 502 (an error event in a

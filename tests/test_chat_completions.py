@@ -11,7 +11,7 @@ import openai
 import orjson
 import pytest
 
-from gateway.api import views
+from gateway.api import relay
 from tests.conftest import make_deployment, make_provider
 from tests.mock_upstream import Behaviour
 
@@ -134,7 +134,7 @@ def stream_lines(portal, master_key) -> list[str]:
 
 def test_a_silent_upstream_gets_keepalives_between_its_chunks(portal, master_key, upstream, deployment,
                                                               monkeypatch):
-    monkeypatch.setattr(views, "KEEPALIVE_SECONDS", 0.2)  # not 15 s, for the test's sake
+    monkeypatch.setattr(relay, "KEEPALIVE_SECONDS", 0.2)  # not 15 s, for the test's sake
     upstream.behaviour = Behaviour(reply="a b", chunk_delay=0.7)
     lines = stream_lines(portal, master_key)
 
@@ -151,7 +151,7 @@ def test_a_silent_upstream_gets_keepalives_between_its_chunks(portal, master_key
 
 
 def test_keepalives_do_not_put_off_the_stall(portal, master_key, upstream, deployment, settings, monkeypatch):
-    monkeypatch.setattr(views, "KEEPALIVE_SECONDS", 0.3)
+    monkeypatch.setattr(relay, "KEEPALIVE_SECONDS", 0.3)
     settings.STREAM_IDLE_TIMEOUT = 1
     upstream.behaviour = Behaviour(reply="a b c", chunk_delay=10)
     started = time.monotonic()

@@ -298,3 +298,41 @@ def test_nul_characters_in_a_call_still_leave_a_usage_record(fuzz_portal, master
     assert set(records) == set(ids)
     assert records[ids[0]].status == 404 and "\x00" not in records[ids[0]].model
     assert records[ids[1]].status == 200 and records[ids[1]].tags.get("team") == "data"
+
+
+# Every route of the portal ({x} is filled in by the fuzzer), with the paths that once escaped the contract.
+ROUTES = [
+    "/v1/chat/completions", "/chat/completions", "/v1/embeddings", "/embeddings", "/v1/audio/speech",
+    "/audio/speech", "/v1/models", "/models", "/v1/models/{x}", "/v1/quota", "/v1/messages",
+    "/v1/messages/count_tokens", "/v1/responses", "/v1/responses/{x}", "/v1/{x}", "/v1", "/health/liveliness",
+    "/health/liveness", "/health/readiness", "/modelsXYZ", "/models{x}", "/v1/models/x%0d%0aX", "/admin/",
+    "/admin/login/", "/admin/{x}", "/keys/", "/keys/login/", "/api/keys/", "/api/{x}", "/{x}",
+]
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+PATH_PIECES = st.one_of(
+    st.text(alphabet=string.ascii_letters + string.digits + "-._~:@!$&'()*+,;=", max_size=20),
+    st.sampled_from(["%0d%0aX", "%00", "%ff", "%2F", "..", "x/y/z", "test-model", "a%20b", "%E2%80%AE", ""]),
+)
+
+
+def test_every_response_of_every_route_and_method_has_a_request_id_and_v1_errors_are_envelopes(
+    fuzz_portal, master_key
+):
+    from urllib.parse import unquote
+
+    from portal.lean import is_gateway
+
+    @FUZZ
+    @given(route=st.sampled_from(ROUTES), piece=PATH_PIECES, method=st.sampled_from(METHODS),
+           keyed=st.booleans(), body=st.sampled_from([b"", b"{}", b"not json", VALID["/v1/chat/completions"]]))
+    def run(route: str, piece: str, method: str, keyed: bool, body: Any) -> None:
+        path = route.replace("{x}", piece)
+        content = body if isinstance(body, bytes) else orjson.dumps(body)
+        headers = {**(auth(master_key) if keyed else {}), "content-type": "application/json"}
+        response = httpx.request(method, f"{fuzz_portal.url}{path}", content=content, headers=headers, timeout=30)
+        assert response.headers.get("x-request-id"), (method, path, response.status_code)
+        if is_gateway(unquote(response.request.url.raw_path.decode().split("?")[0])):
+            if method != "HEAD":
+                check(response, master_key, content)
+
+    run()

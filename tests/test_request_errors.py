@@ -105,3 +105,22 @@ def test_errors_never_echo_the_callers_key(post):
     response = post({"model": "test-model"}, Authorization="Bearer sk-this-is-a-wrong-secret-key")
     assert response.status_code == 401
     assert "sk-this-is-a-wrong-secret-key" not in response.text
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/modelsXYZ", 404),
+    ("GET", "/v1/models/x%0d%0aX", 404),
+    ("GET", "/v1/nope", 404),
+    ("DELETE", "/v1/chat/completions", 405),
+    ("GET", "/chat/completionsXYZ", 404),
+])
+def test_an_error_from_any_layer_is_the_envelope_with_a_request_id(portal, master_key, method, path, status):
+    response = httpx.request(method, portal.url + path, headers={"Authorization": f"Bearer {master_key}"})
+
+    assert_envelope(response, status)
+    assert response.headers["x-request-id"]
+
+
+@pytest.mark.parametrize("path", ["/admin/nope/", "/keys/nope", "/api/nope", "/nope", "/admin/login/"])
+def test_the_pages_answer_with_a_request_id_too(portal, path):
+    assert httpx.get(portal.url + path).headers["x-request-id"]

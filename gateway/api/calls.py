@@ -14,7 +14,6 @@ from gateway.auth import Principal
 from gateway.catalog import Route
 from gateway.quota import Admission
 from tracking import recorder
-from tracking import tags as usage_tags
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,6 @@ class Call:
             request_id=request.request_id,  # type: ignore[attr-defined]
             endpoint=endpoint,
             client_ip=client_ip(request),
-            tags=usage_tags.from_headers(request.headers),
         )
         # The view wrapper finishes a call its view left unfinished (an unexpected error, a cancellation).
         request.call = call  # type: ignore[attr-defined]

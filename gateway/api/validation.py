@@ -21,7 +21,8 @@ def json_body(request: HttpRequest) -> dict[str, Any]:
     if length and length.isdigit() and int(length) > settings.MAX_REQUEST_BODY_BYTES:
         raise too_large()
     try:
-        raw = request.body
+        # read(), not .body: Django checks .body against DATA_UPLOAD_MAX_MEMORY_SIZE, the admin's (smaller) limit.
+        raw = request.read()
     except (RequestDataTooBig, RawPostDataException):
         raise too_large() from None
     if len(raw) > settings.MAX_REQUEST_BODY_BYTES:

@@ -4,6 +4,10 @@ Saving a Provider or Deployment bumps a version number in the shared cache;
 each worker compares it at most every CATALOG_REFRESH_SECONDS and reloads the
 snapshot when it moved. With Redis that reaches every worker on every host;
 with the in-process cache (embedded default, one process) it is immediate.
+
+A request is never refused for a change the worker has not checked yet: one that names a model the snapshot
+lacks has the version checked again before its 404 (`recheck`), and requests that arrive while a check or a
+reload is under way wait for it (bounded) instead of being served the snapshot it is about to replace.
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ def invalidate() -> None:
         cache.set(VERSION_KEY, 1, timeout=None)
     _state.checked_at = 0.0
     _state.snapshot = None
+    _state.generation += 1
+    _state.pending = None  # a check under way read the version before this change: the next request begins anew
 
 
 def build_snapshot() -> Snapshot:
@@ -175,50 +181,106 @@ class _State:
     snapshot: Snapshot | None = None
     version: object = None
     checked_at: float = 0.0
-    lock: asyncio.Lock | None = None
+    # The version check (and reload) under way, and when it began; every request that needs it waits for it.
+    pending: asyncio.Future[Snapshot] | None = None
+    pending_since: float = 0.0
+    # Bumped by invalidate(): a check begun before it must not store what it read.
+    generation: int = 0
 
 
 _state = _State()
 
+# How long a request waits for a version check or reload under way before it is served the catalog held.
+REFRESH_WAIT_SECONDS = 5.0
+
 
 async def get() -> Snapshot:
-    """The current snapshot; costs one cache read per refresh interval, no DB query."""
-    now = time.monotonic()
-    if _state.snapshot is not None and now - _state.checked_at < settings.CATALOG_REFRESH_SECONDS:
-        return _state.snapshot
-    if _state.snapshot is not None:
-        # One request checks the version; the others arriving meanwhile keep the snapshot they have instead
-        # of each reading the cache (a thread hop apiece) at the same moment.
-        _state.checked_at = now
+    """The current snapshot; costs one cache read per refresh interval, no DB query.
+
+    While a version check (or the reload it leads to) is under way, requests wait for it (up to
+    REFRESH_WAIT_SECONDS) rather than being served the snapshot it may be about to replace.
+    """
+    snapshot = _state.snapshot
+    if (snapshot is not None and _state.pending is None
+            and time.monotonic() - _state.checked_at < settings.CATALOG_REFRESH_SECONDS):
+        return snapshot
+    return await _checked(0.0)
+
+
+async def recheck(since: float) -> Snapshot:
+    """The snapshot as of a version check begun at or after `since` (time.monotonic()), whatever the interval.
+
+    For a request that found no model: it may have been created a moment ago. A check under way that began
+    earlier may have read the old version, so it is waited for and another one made.
+    """
+    return await _checked(since)
+
+
+async def _checked(since: float) -> Snapshot:
+    pending = _state.pending
+    if pending is not None and _state.pending_since < since:
+        await _wait(pending)
+        pending = _state.pending if _state.pending_since >= since else None
+    if pending is None:
+        pending = _begin_check()
+    return await _wait(pending)
+
+
+def _begin_check() -> asyncio.Future[Snapshot]:
+    pending = asyncio.ensure_future(_check(_state.generation))
+    _state.pending, _state.pending_since = pending, time.monotonic()
+    pending.add_done_callback(_check_done)
+    return pending
+
+
+def _check_done(pending: asyncio.Future[Snapshot]) -> None:
+    if _state.pending is pending:
+        _state.pending = None
+    if not pending.cancelled():
+        pending.exception()  # retrieved: a failure is the waiting requests' to report, not the loop's
+
+
+async def _wait(pending: asyncio.Future[Snapshot]) -> Snapshot:
+    """The check's snapshot; one that takes too long, or fails, leaves the request the snapshot held (if any)."""
+    if _state.snapshot is None:
+        return await asyncio.shield(pending)  # nothing to serve meanwhile: the request waits (or gets its 503)
+    try:
+        return await asyncio.wait_for(asyncio.shield(pending), REFRESH_WAIT_SECONDS)
+    except TimeoutError:
+        log.warning("the catalog check took over %gs; serving the catalog held", REFRESH_WAIT_SECONDS)
+    except (OperationalError, InterfaceError):
+        pass  # logged by the check
+    return _state.snapshot or await asyncio.shield(pending)
+
+
+async def _check(generation: int) -> Snapshot:
+    """Read the shared version; reload the snapshot if it moved."""
+    held = _state.snapshot
     try:
         version = await cache.aget(VERSION_KEY)
     except Exception:
         # The shared cache is down: keep serving the catalog we have rather than failing every request.
-        if _state.snapshot is not None:
-            return _state.snapshot
+        if held is not None:
+            _state.checked_at = time.monotonic()
+            return held
         version = None
-    if _state.snapshot is not None and version == _state.version:
-        _state.checked_at = now
-        return _state.snapshot
-    if _state.lock is None:
-        _state.lock = asyncio.Lock()
-    async with _state.lock:
-        # Another request may have reloaded while we waited for the lock.
-        if _state.snapshot is None or _state.version != version:
-            try:
-                _state.snapshot = await sync_to_async(db.managed(build_snapshot))()
-            except (OperationalError, InterfaceError):
-                if _state.snapshot is None:
-                    raise  # nothing to serve: the request gets its 503
-                # The database is away: keep serving the catalog we have (as when the cache is away), and try
-                # again next interval. (A Redis restart loses the version key, so the first check after it
-                # asks for a reload: that must not fail requests if the database is the one away then.)
-                log.warning("could not reload the catalog (database unreachable); serving the one held")
-                _state.checked_at = time.monotonic()
-                return _state.snapshot
-            _state.version = version
+    if held is not None and version == _state.version:
         _state.checked_at = time.monotonic()
-        return _state.snapshot
+        return held
+    try:
+        snapshot = await sync_to_async(db.managed(build_snapshot))()
+    except (OperationalError, InterfaceError):
+        if held is None:
+            raise  # nothing to serve: the request gets its 503
+        # The database is away: keep serving the catalog we have (as when the cache is away), and try again
+        # next interval. (A Redis restart loses the version key, so the first check after it asks for a
+        # reload: that must not fail requests if the database is the one away then.)
+        log.warning("could not reload the catalog (database unreachable); serving the one held")
+        _state.checked_at = time.monotonic()
+        return held
+    if generation == _state.generation:
+        _state.snapshot, _state.version, _state.checked_at = snapshot, version, time.monotonic()
+    return snapshot
 
 
 def get_sync() -> Snapshot:

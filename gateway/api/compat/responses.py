@@ -12,11 +12,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from django.conf import settings
 from django.core.cache import cache
 
-from gateway.api.compat.blocks import Answer, Assembler, Block, Step, answer_of
+from gateway.api.compat.blocks import Answer, Block, answer_of
 from gateway.api.validation import expect
 from gateway.auth import Principal
 from gateway.errors import GatewayError, bad_request, not_found
@@ -270,14 +269,14 @@ def item_id(response_id: str, block: Block) -> str:
 
 def output_item(response_id: str, block: Block, status: str = "completed") -> dict[str, Any]:
     if block.kind == "text":
-        content = [_text_part(block.text)] if status != "in_progress" else []
+        content = [text_part(block.text)] if status != "in_progress" else []
         return {"id": item_id(response_id, block), "type": "message", "role": "assistant", "status": status,
                 "content": content}
     return {"id": item_id(response_id, block), "type": "function_call", "status": status, "call_id": block.call_id,
             "name": block.name, "arguments": block.text if status != "in_progress" else ""}
 
 
-def _text_part(text: str) -> dict[str, Any]:
+def text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
@@ -361,85 +360,3 @@ async def recall(response_id: str, owner: str, param: str | None = None) -> dict
 async def forget(response_id: str, owner: str) -> None:
     await recall(response_id, owner)
     await cache.adelete(STORE_KEY.format(response_id))
-
-
-# --- streams -----------------------------------------------------------------------------------------------
-
-
-class ResponseStream:
-    """Renders chat chunks as the Responses API's stream events, numbered by sequence_number."""
-
-    def __init__(self, request: ResponsesRequest, response_id: str, owner: str,
-                 history: list[dict[str, Any]]) -> None:
-        self.request = request
-        self.response_id = response_id
-        self.created_at = int(time.time())
-        self.owner = owner
-        self.history = history
-        self.assembler = Assembler()
-        self.sequence = 0
-
-    def _event(self, kind: str, data: dict[str, Any]) -> bytes:
-        payload = orjson.dumps({"type": kind, "sequence_number": self.sequence, **data})
-        self.sequence += 1
-        return b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n"
-
-    def _response(self, status: str, answer: Answer | None = None, error: dict[str, Any] | None = None,
-                  ) -> dict[str, Any]:
-        blocks = self.assembler.answer.blocks if answer is not None else []
-        output = [output_item(self.response_id, block) for block in blocks]
-        return response_object(self.request, self.response_id, self.created_at, status=status, output=output,
-                               answer=answer, error=error)
-
-    def start(self) -> bytes:
-        response = self._response("in_progress")
-        return self._event("response.created", {"response": response}) + self._event(
-            "response.in_progress", {"response": response})
-
-    def keepalive(self) -> bytes:
-        return b": keepalive\n\n"
-
-    def feed(self, chunk: dict[str, Any]) -> bytes:
-        return b"".join(self._render(step) for step in self.assembler.feed(chunk))
-
-    async def end(self) -> bytes:
-        closing = b"".join(self._render(step) for step in self.assembler.close())
-        answer = self.assembler.answer
-        response = self._response("completed", answer)
-        if self.request.store:
-            # Stored before the client hears "completed", so its next turn finds it.
-            conversation = [*self.history, *self.request.input, assistant_message(answer)]
-            await remember(response, self.owner, conversation)
-        kind = "response.completed" if response["status"] == "completed" else "response.incomplete"
-        return closing + self._event(kind, {"response": response})
-
-    def error(self, error: GatewayError) -> bytes:
-        detail = {"code": error.code or "server_error", "message": error.message}
-        return self._event("response.failed", {"response": self._response("failed", error=detail)})
-
-    def _render(self, step: Step) -> bytes:
-        block = step.block
-        where = {"item_id": item_id(self.response_id, block), "output_index": block.position}
-        if block.kind == "text":
-            part = {**where, "content_index": 0}
-            if step.kind == "start":
-                return self._event("response.output_item.added", {
-                    "output_index": block.position, "item": output_item(self.response_id, block, "in_progress"),
-                }) + self._event("response.content_part.added", {**part, "part": _text_part("")})
-            if step.kind == "delta":
-                return self._event("response.output_text.delta", {**part, "delta": step.piece, "logprobs": []})
-            return (
-                self._event("response.output_text.done", {**part, "text": block.text, "logprobs": []})
-                + self._event("response.content_part.done", {**part, "part": _text_part(block.text)})
-                + self._event("response.output_item.done", {
-                    "output_index": block.position, "item": output_item(self.response_id, block)})
-            )
-        if step.kind == "start":
-            return self._event("response.output_item.added", {
-                "output_index": block.position, "item": output_item(self.response_id, block, "in_progress")})
-        if step.kind == "delta":
-            return self._event("response.function_call_arguments.delta", {**where, "delta": step.piece})
-        return self._event("response.function_call_arguments.done", {
-            **where, "name": block.name, "arguments": block.text,
-        }) + self._event("response.output_item.done", {
-            "output_index": block.position, "item": output_item(self.response_id, block)})
