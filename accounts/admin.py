@@ -13,9 +13,9 @@ from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
 
+from accounts import services
 from accounts.forms import ApiKeyAdminForm, KeyPolicyForm
 from accounts.models import ApiKey, ApiKeyModelLimit, KeyPolicy
-from gateway import quota
 
 User = get_user_model()
 
@@ -81,7 +81,7 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     @admin.display(description="used now / today")
     def usage_today(self, obj: ApiKey) -> str:
         """The key's own limits against its live counters (per-model limits are on the key's page)."""
-        return quota.summary(quota.key_wide_limits(obj.pk, obj))
+        return services.gateway.key_summary(obj.pk, obj.key_limits())
 
     @admin.display(description="key", ordering="prefix")
     def key_prefix(self, obj: ApiKey) -> str:

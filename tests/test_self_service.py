@@ -14,8 +14,8 @@ from django.test import Client
 
 from accounts import keys
 from accounts.models import ApiKey, ApiKeyModelLimit, KeyPolicy
+from accounts.principal import KeyLimits
 from accounts.views import NEW_KEY
-from gateway.auth import KeyLimits
 from gateway.models import Deployment, Provider
 from tests.personas import PASSWORD, issue
 

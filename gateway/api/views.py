@@ -18,12 +18,13 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
+from accounts.auth import authenticate
+from accounts.principal import AuthRefused, Principal
 from gateway import catalog, db, health, quota, redact, router
 from gateway.api.calls import Call, finish, finish_unfinished
 from gateway.api.validation import json_body, parse_chat, parse_embeddings, parse_speech
-from gateway.auth import Principal, authenticate
 from gateway.catalog import Route
-from gateway.errors import GatewayError, not_found
+from gateway.errors import GatewayError, not_found, refused
 from gateway.upstreams import UpstreamError, default_upstream, media, too_large
 
 log = logging.getLogger(__name__)
@@ -60,10 +61,11 @@ def gateway_view(*methods: str, render: Render = openai_error, id_header: str = 
                         code="method_not_allowed", headers={"Allow": ", ".join(methods)},
                     )
                 response = await view(request, *args, **kwargs)
-            except GatewayError as e:
-                response = render(e, request_id)
+            except (GatewayError, AuthRefused) as e:
+                error = e if isinstance(e, GatewayError) else refused(e)
+                response = render(error, request_id)
                 # Records the call its view refused or failed (its code as is, None included).
-                finish_unfinished(request, e.status, e.code, e.message)
+                finish_unfinished(request, error.status, error.code, error.message)
             except health.UNREACHABLE_ERRORS as e:
                 log.error("%s on %s: a backing service is unreachable", type(e).__name__, request.path)
                 error = health.unreachable(e)

@@ -16,6 +16,7 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
+from accounts.auth import authenticate
 from gateway import router
 from gateway.api.calls import Call, finish
 from gateway.api.compat import anthropic, responses
@@ -29,7 +30,6 @@ from gateway.api.views import (
     sse_response,
     with_rate_headers,
 )
-from gateway.auth import authenticate
 from gateway.errors import GatewayError
 from gateway.upstreams import UpstreamError, default_upstream, media
 
