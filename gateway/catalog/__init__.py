@@ -1,9 +1,10 @@
 """An in-process snapshot of the enabled catalog, so /v1 requests never query it.
 
-Saving a Provider or Deployment bumps a version number in the shared cache;
-each worker compares it at most every CATALOG_REFRESH_SECONDS and reloads the
-snapshot when it moved. With Redis that reaches every worker on every host;
-with the in-process cache (embedded default, one process) it is immediate.
+Every change to a catalog row (save, delete, a queryset's update or delete, the admin's bulk delete: see
+gateway.models.CatalogModel) bumps a version number in the shared cache, and again when its transaction
+commits; each worker compares it at most every CATALOG_REFRESH_SECONDS and reloads the snapshot when it
+moved. With Redis that reaches every worker on every host; the process that made the change reloads at its
+next request.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from django.core.cache import cache
 from django.db import InterfaceError, OperationalError
 
 from gateway import db, redact
+from gateway.models import CATALOG_VERSION_KEY, LocalChanges, bump_catalog_version
 from gateway.quota import Limit
 
 log = logging.getLogger(__name__)
 
-VERSION_KEY = "gateway:catalog-version"
+VERSION_KEY = CATALOG_VERSION_KEY
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,8 @@ class Snapshot:
 
 
 def invalidate() -> None:
-    """Tell every worker the catalog changed (call after any write that bypasses save())."""
-    try:
-        cache.incr(VERSION_KEY)
-    except ValueError:
-        cache.set(VERSION_KEY, 1, timeout=None)
-    _state.checked_at = 0.0
-    _state.snapshot = None
+    """Tell every worker the catalog changed (the catalog's models do it themselves for every write)."""
+    bump_catalog_version()
 
 
 def build_snapshot() -> Snapshot:
@@ -172,6 +169,7 @@ class _State:
     snapshot: Snapshot | None = None
     version: object = None
     checked_at: float = 0.0
+    local_changes: int = 0  # LocalChanges.count when the snapshot was built
     lock: asyncio.Lock | None = None
 
 
@@ -181,6 +179,8 @@ _state = _State()
 async def get() -> Snapshot:
     """The current snapshot; costs one cache read per refresh interval, no DB query."""
     now = time.monotonic()
+    if _state.local_changes != LocalChanges.count:
+        _state.snapshot, _state.local_changes = None, LocalChanges.count
     if _state.snapshot is not None and now - _state.checked_at < settings.CATALOG_REFRESH_SECONDS:
         return _state.snapshot
     if _state.snapshot is not None:
