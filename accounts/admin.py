@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db.models import Count, Q, QuerySet
 from django.forms import ModelForm
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from accounts import services
 from accounts.forms import ApiKeyAdminForm, KeyPolicyForm
 from accounts.models import ApiKey, ApiKeyModelLimit, KeyPolicy
-from gateway import quota
 
 User = get_user_model()
 
@@ -58,6 +60,8 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     readonly_fields = ["key_prefix", "status_badge", "created", "last_used", "revoked_at"]
     inlines = [ModelLimitInline]
     actions = ["revoke", "extend_30_days"]
+    # request -> plaintext of the key it created, from save_model to response_add (gone with the request).
+    _new_tokens: weakref.WeakKeyDictionary[HttpRequest, str] = weakref.WeakKeyDictionary()
     date_hierarchy = "created"
     fieldsets = [
         (None, {"fields": ["owner", "name", "key_prefix", "status_badge", "expires", "allowed_models"]}),
@@ -81,7 +85,7 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     @admin.display(description="used now / today")
     def usage_today(self, obj: ApiKey) -> str:
         """The key's own limits against its live counters (per-model limits are on the key's page)."""
-        return quota.summary(quota.key_wide_limits(obj.pk, obj))
+        return services.gateway.key_summary(obj.pk, obj.key_limits())
 
     @admin.display(description="key", ordering="prefix")
     def key_prefix(self, obj: ApiKey) -> str:
@@ -103,13 +107,21 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
         token = obj.generate()
         super().save_model(request, obj, form, change)
         obj.log_created(request.user)
-        messages.warning(
-            request,
-            format_html(
-                "Key created. Copy it now, it will not be shown again: <code>{}</code>",
-                token,
-            ),
-        )
+        # For response_add, in this request's memory only: a message would carry it in the `messages` cookie.
+        self._new_tokens[request] = token
+
+    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: str | None = None) -> HttpResponse:
+        """The new key's plaintext, once, as the answer to the POST that created it (nowhere else)."""
+        token = self._new_tokens.pop(request, None)
+        if token is None:
+            return super().response_add(request, obj, post_url_continue)
+        context = {
+            **self.admin_site.each_context(request), "opts": self.opts, "title": "API key created",
+            "key": obj, "token": token,
+        }
+        response = TemplateResponse(request, "admin/accounts/apikey/created.html", context, status=201)
+        response["Cache-Control"] = "no-store"
+        return response
 
     @admin.action(description="Revoke selected keys")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:

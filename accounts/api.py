@@ -22,9 +22,11 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts import usage
+from accounts import services, usage
+from accounts.auth import token_from
 from accounts.models import SELF_SERVE_PERMISSION, ApiKey, ApiKeyModelLimit
-from gateway.auth import KeyLimits, throttle, token_from
+from accounts.principal import KeyLimits
+from accounts.throttle import key_failures
 
 User = get_user_model()
 LIMIT_FIELDS = ["rpm", "rpd", "tokens_per_day", "tokens_per_month"]
@@ -37,19 +39,19 @@ class MasterKey:
 
 
 class MasterKeyAuthentication(BaseAuthentication):
-    """The master key as a Bearer token; wrong keys count against the caller's IP like on /v1 (gateway.auth
-    .throttle), so the API that mints keys is no easier to guess against than the gateway."""
+    """The master key as a Bearer token; wrong keys count against the caller's IP like on /v1 (accounts.throttle
+    .key_failures), so the API that mints keys is no easier to guess against than the gateway."""
 
     def authenticate(self, request: Request) -> tuple[AnonymousUser, MasterKey] | None:
         token = token_from(request._request)
         if not token:
             return None
         ip = str(request._request.META.get("REMOTE_ADDR") or "")
-        if (retry_after := throttle.retry_after(ip)) is not None:
+        if (retry_after := key_failures.retry_after(ip)) is not None:
             raise Throttled(retry_after, "Too many invalid keys from your address.")
         if hmac.compare_digest(token.encode(), settings.MASTER_KEY.encode()):
             return AnonymousUser(), MasterKey()
-        if (retry_after := throttle.fail_sync(ip)) is not None:
+        if (retry_after := key_failures.fail_sync(ip)) is not None:
             raise Throttled(retry_after, "Too many invalid keys from your address.")
         raise AuthenticationFailed("Invalid key: the management API takes the master key.")
 
@@ -119,9 +121,7 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
 
 
 def known_models() -> set[str]:
-    from gateway.models import Deployment
-
-    return set(Deployment.objects.values_list("public_name", flat=True))
+    return set(services.gateway.all_models())
 
 
 class CreateApiKeySerializer(serializers.Serializer):

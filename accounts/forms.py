@@ -8,6 +8,7 @@ from typing import Any, cast
 from django import forms
 from django.utils import timezone
 
+from accounts import services
 from accounts.models import ApiKey, KeyPolicy
 
 EXPIRY_CHOICES = [("7", "in 7 days"), ("30", "in 30 days"), ("90", "in 90 days"), ("365", "in a year"),
@@ -15,11 +16,8 @@ EXPIRY_CHOICES = [("7", "in 7 days"), ("30", "in 30 days"), ("90", "in 90 days")
 
 
 def catalog_names() -> list[str]:
-    """Every enabled public model name, sorted (one query: these are page requests, not /v1)."""
-    from gateway.models import Deployment
-
-    rows = Deployment.objects.filter(enabled=True, provider__enabled=True).values_list("public_name", flat=True)
-    return sorted(set(rows))
+    """Every enabled public model name, sorted (from the gateway: see accounts.services)."""
+    return services.gateway.enabled_models()
 
 
 class CreateKeyForm(forms.Form):

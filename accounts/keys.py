@@ -26,7 +26,7 @@ from django.core.cache import cache
 from django.db import DatabaseError, transaction
 
 from accounts.models import ApiKey, digest, parse_prefix
-from gateway.auth import Principal
+from accounts.principal import Principal
 
 log = logging.getLogger(__name__)
 

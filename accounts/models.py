@@ -22,7 +22,7 @@ from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from gateway.auth import KeyLimits
+from accounts.principal import KeyLimits
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import User

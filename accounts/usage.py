@@ -1,19 +1,19 @@
-"""What the key pages show about use and quota: read from tracking (usage records) and gateway.quota
-(the live counters); this module only reads them."""
+"""What the key pages show about use and quota: read from tracking (usage records) and the gateway's live
+counters (through accounts.services); this module only reads them."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
+from accounts import services
 from accounts.forms import catalog_names
 from accounts.keys import load_entry
 from accounts.models import ApiKey
-from gateway.auth import KeyLimits
-from gateway.quota import key_status
+from accounts.principal import KeyLimits
 from tracking.usage import usage_today_by_key
 
-# The limits of a key, in the order of the page's columns: (gateway.quota's name, KeyLimits field).
+# The limits of a key, in the order of the page's columns: (the quota's name, KeyLimits field).
 KINDS = [("rpm", "rpm"), ("rpd", "rpd"), ("tpd", "tokens_per_day"), ("tokens_per_month", "tokens_per_month")]
 
 
@@ -39,7 +39,7 @@ def quota_rows(key: ApiKey) -> list[dict[str, Any]]:
     limits, per_model = key.principal_limits()
     names = key.allowed_models or catalog_names()
     principal = load_entry(key.prefix, 0).principal  # None for a revoked or expired key: nothing is left
-    status = {row["model"]: row["limits"] for row in key_status(principal, names)} if principal else {}
+    status = {row["model"]: row["limits"] for row in services.gateway.key_status(principal, names)} if principal else {}
     return [
         {"model": name, "cells": _cells(per_model.get(name, limits), status.get(name, []))} for name in names
     ]

@@ -15,9 +15,6 @@ from accounts.models import ApiKey, KeyLimitReached, KeyPolicy
 from accounts.pages import secure_page, self_service
 from accounts.throttle import throttled_login
 
-# The plaintext of a just-created key waits here for exactly one page view.
-NEW_KEY = "accounts:new-key"
-
 login = secure_page(
     throttled_login(
         auth_views.LoginView.as_view(template_name="accounts/login.html", redirect_authenticated_user=True)
@@ -61,8 +58,9 @@ def key_create(request: HttpRequest) -> HttpResponse:
         except KeyLimitReached as e:
             form.add_error(None, e)
         else:
-            request.session[NEW_KEY] = {"id": key.pk, "token": token}
-            return redirect("accounts:detail", pk=key.pk)
+            # The plaintext is in this response only: not in the session (a database row for two weeks) nor a
+            # cookie. The page replaces its address with the key's own, so a reload is a GET without it.
+            return _detail(request, key, token, status=201)
     status = 400 if form.errors else 200
     return render(request, "accounts/key_form.html", {"form": form}, status=status)
 
@@ -70,17 +68,17 @@ def key_create(request: HttpRequest) -> HttpResponse:
 @self_service
 def key_detail(request: HttpRequest, pk: int) -> HttpResponse:
     key = get_object_or_404(ApiKey.objects.owned_by(request.user).prefetch_related("model_limits"), pk=pk)
-    token = None
-    pending = request.session.get(NEW_KEY)
-    if isinstance(pending, dict) and pending.get("id") == key.pk:
-        token = request.session.pop(NEW_KEY)["token"]
+    return _detail(request, key)
+
+
+def _detail(request: HttpRequest, key: ApiKey, token: str | None = None, status: int = 200) -> HttpResponse:
     context = {
         "key": key,
         "token": token,
         "quota": usage.quota_rows(key),
         "usage": usage.today_by_key([key.pk]).get(key.pk),
     }
-    return render(request, "accounts/key_detail.html", context)
+    return render(request, "accounts/key_detail.html", context, status=status)
 
 
 @self_service

@@ -75,7 +75,7 @@ def keys() -> dict[str, Any]:
         return {"key": settings.MASTER_KEY, "key_unlimited": settings.MASTER_KEY, "key_kind": "master"}
     from django.contrib.auth import get_user_model
 
-    from gateway.auth import KeyLimits
+    from accounts.principal import KeyLimits
 
     user, _ = get_user_model().objects.get_or_create(username="bench")
     _, limited = ApiKey.objects.issue(user, "bench (high limits)", limits=KeyLimits(**KEY_LIMITS))

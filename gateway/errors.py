@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 from django.http import HttpResponse
 
+from accounts.principal import AuthRefused
 from gateway import redact
 
 # Default error "type" per status, following OpenAI's vocabulary.
@@ -56,3 +57,8 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 def not_found(message: str, code: str = "not_found", param: str | None = None) -> GatewayError:
     return GatewayError(404, message, code=code, param=param)
+
+
+def refused(e: AuthRefused) -> GatewayError:
+    """accounts' refusal to let a caller in, as the envelope every /v1 error is."""
+    return GatewayError(e.status, e.message, code=e.code, headers=e.headers)

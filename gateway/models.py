@@ -7,8 +7,9 @@ import zoneinfo
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 
 from gateway import clock, crypto
@@ -35,7 +36,77 @@ def validate_timezone(value: str) -> None:
         raise ValidationError(f"Unknown time zone {value!r}; use an IANA name like America/Los_Angeles.") from None
 
 
-class QuotaPool(models.Model):
+# The catalog's version in the shared cache: each worker compares it with its snapshot's (gateway.catalog).
+CATALOG_VERSION_KEY = "gateway:catalog-version"
+
+
+class LocalChanges:
+    """Catalog changes made by this process: its own snapshot is dropped at the next request, not a refresh
+    interval later."""
+
+    count = 0
+
+
+def bump_catalog_version() -> None:
+    try:
+        cache.incr(CATALOG_VERSION_KEY)
+    except ValueError:
+        cache.set(CATALOG_VERSION_KEY, 1, timeout=None)
+    LocalChanges.count += 1
+
+
+def catalog_changed() -> None:
+    """Every worker must reload the catalog: at once (this process, and a version bump the others read within
+    CATALOG_REFRESH_SECONDS), and again once the current transaction commits, since a worker that reloads
+    before the commit reads the old rows and would keep them. Outside a transaction both happen now."""
+    bump_catalog_version()
+    transaction.on_commit(bump_catalog_version)
+
+
+class CatalogQuerySet(models.QuerySet[Any]):
+    """Writes that skip save()/delete() (the admin's "delete selected", a management command's update())
+    reach the workers all the same."""
+
+    def update(self, **kwargs: Any) -> int:
+        count = super().update(**kwargs)
+        catalog_changed()
+        return count
+
+    def delete(self) -> tuple[int, dict[str, int]]:
+        result = super().delete()
+        catalog_changed()
+        return result
+
+    def bulk_create(self, *args: Any, **kwargs: Any) -> list[Any]:
+        created = super().bulk_create(*args, **kwargs)
+        catalog_changed()
+        return created
+
+    def bulk_update(self, *args: Any, **kwargs: Any) -> int:
+        count = super().bulk_update(*args, **kwargs)
+        catalog_changed()
+        return count
+
+
+class CatalogModel(models.Model):
+    """A row the catalog snapshot is built from: every way it changes tells the workers (catalog_changed)."""
+
+    objects = CatalogQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        super().save(*args, **kwargs)
+        catalog_changed()
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().delete(*args, **kwargs)
+        catalog_changed()
+        return result
+
+
+class QuotaPool(CatalogModel):
     """A quota shared by several deployments, counted the way the provider counts it.
 
     OpenRouter's free-model allowance is account-wide: one pool for all its
@@ -55,13 +126,6 @@ class QuotaPool(models.Model):
 
     def __str__(self) -> str:
         return self.name
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        super().save(*args, **kwargs)
-        from gateway import catalog
-
-        catalog.invalidate()
-
 
 class DailyCounter(models.Model):
     """The durable copy of a daily quota counter, so a restart never hands out a fresh day.
@@ -109,7 +173,7 @@ LITELLM_PREFIX: dict[str, str] = {
 }
 
 
-class Provider(models.Model):
+class Provider(CatalogModel):
     name = models.SlugField(max_length=100, unique=True)
     kind = models.CharField(max_length=32, choices=ProviderKind.choices)
     api_base = models.CharField(
@@ -163,16 +227,6 @@ class Provider(models.Model):
 
             self.reset_timezone = default_reset_timezone(self.kind)
         super().save(*args, **kwargs)
-        from gateway import catalog
-
-        catalog.invalidate()
-
-    def delete(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().delete(*args, **kwargs)
-        from gateway import catalog
-
-        catalog.invalidate()
-        return result
 
     def set_secret(self, plaintext: str) -> None:
         """Store a literal key encrypted; an os.environ/ reference is kept as a reference."""
@@ -225,7 +279,7 @@ class Provider(models.Model):
         return True
 
 
-class Deployment(models.Model):
+class Deployment(CatalogModel):
     """One way to serve a public model name; several may share a name (routing picks)."""
 
     public_name = models.CharField(max_length=200, db_index=True, help_text="The model name clients send.")
@@ -263,26 +317,13 @@ class Deployment(models.Model):
     def __str__(self) -> str:
         return f"{self.public_name} → {self.provider.name}/{self.upstream_model}"
 
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        super().save(*args, **kwargs)
-        from gateway import catalog
-
-        catalog.invalidate()
-
-    def delete(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().delete(*args, **kwargs)
-        from gateway import catalog
-
-        catalog.invalidate()
-        return result
-
     def litellm_model(self) -> str:
         """The model string LiteLLM routes on, e.g. gemini/gemini-2.5-flash."""
         prefix = self.provider.litellm_prefix
         return f"{prefix}/{self.upstream_model}" if prefix else self.upstream_model
 
 
-class ConfigSetting(models.Model):
+class ConfigSetting(CatalogModel):
     """Top-level sections of an imported LiteLLM config (router_settings, …), kept verbatim."""
 
     key = models.CharField(max_length=100, unique=True)
@@ -294,12 +335,6 @@ class ConfigSetting(models.Model):
 
     def __str__(self) -> str:
         return self.key
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        super().save(*args, **kwargs)
-        from gateway import catalog
-
-        catalog.invalidate()  # fallbacks live in router_settings
 
 
 def _clock_now() -> datetime:

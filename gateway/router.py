@@ -21,9 +21,9 @@ from typing import Any
 
 from django.conf import settings
 
+from accounts.principal import Principal
 from gateway import clock, quota
 from gateway.api.calls import Call
-from gateway.auth import Principal
 from gateway.catalog import Route, Snapshot
 from gateway.errors import GatewayError
 from gateway.quota import Admission, Limit, Outcome

@@ -372,7 +372,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     # Windows roll over at each provider's midnight by themselves; this drops counters long past.
     "reset-daily-counters": {
-        "task": "tracking.tasks.reset_daily_counters",
+        "task": "gateway.tasks.reset_daily_counters",
         "schedule": 900.0,
         "options": {"expires": 800},
     },
@@ -406,10 +406,8 @@ API_KEY_REFRESH_SECONDS = envfloat("API_KEY_REFRESH_SECONDS", "0.5")
 LOGIN_RATE = envstr("LOGIN_RATE", "10/m")
 if not re.fullmatch(r"\d+/\d*[smhd]", LOGIN_RATE):
     raise ImproperlyConfigured(f"LOGIN_RATE must look like 10/m (count/period s, m, h or d), got {LOGIN_RATE!r}")
-# django-ratelimit counts in the default cache: in-process when embedded (one process), Redis otherwise.
-RATELIMIT_USE_CACHE = "default"
-# Invalid API keys allowed per client IP per window (seconds) on /v1; past it the IP gets 429 until the window
-# ends (gateway/auth.py). 0 turns the brake off.
+# Invalid API keys allowed per client IP within any window (seconds) on /v1 and /api; past it the IP gets 429
+# until its failures in the window drop below the limit (accounts/throttle.py). 0 turns the brake off.
 AUTH_FAILURE_LIMIT = envint("AUTH_FAILURE_LIMIT", "20")
 AUTH_FAILURE_WINDOW = envfloat("AUTH_FAILURE_WINDOW", "60")
 if AUTH_FAILURE_WINDOW <= 0:

@@ -138,12 +138,13 @@ def live_portal(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveSe
 @pytest.fixture(autouse=True)
 def fresh_cache() -> Iterator[None]:
     """Each test starts with empty counters and a catalog reloaded from its own rows."""
-    from gateway import auth, catalog, clock, quota, router
+    from accounts.throttle import key_failures
+    from gateway import catalog, clock, quota, router
 
     cache.clear()
     quota.store().clear()
     router._failures.clear()
-    auth.throttle.reset()
+    key_failures.reset()
     clock.reset()
     catalog.invalidate()
     yield

@@ -17,7 +17,7 @@ RATE = 3
 
 @pytest.fixture(autouse=True)
 def login_rate(settings):
-    # An hour's window: django-ratelimit's windows are fixed, and one ending mid-test would reset the count.
+    # An hour's window: the tests below do not depend on when in the window they run.
     settings.LOGIN_RATE = f"{RATE}/h"
 
 

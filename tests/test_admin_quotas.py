@@ -46,7 +46,7 @@ def test_the_key_list_shows_each_keys_usage_against_its_limits(operator_client, 
     from asgiref.sync import async_to_sync
 
     from accounts.models import ApiKey
-    from gateway.auth import KeyLimits
+    from accounts.principal import KeyLimits
 
     key, _ = ApiKey.objects.issue(User.objects.get(username="operator"), "ci", limits=KeyLimits(rpm=5, rpd=100))
     async_to_sync(quota.try_admit)(quota.key_wide_limits(key.pk, key), None, 10)

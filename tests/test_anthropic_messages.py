@@ -421,7 +421,7 @@ def test_a_successful_answer_carries_the_rate_limit_headers(claude, upstream, tr
 
 
 def test_a_key_quota_counts_messages_calls(portal, upstream, deployment, personas):
-    from gateway.auth import KeyLimits
+    from accounts.principal import KeyLimits
 
     _, token = issue(personas.alice, limits=KeyLimits(rpm=1))
     client = anthropic.Anthropic(base_url=portal.url, api_key=token, max_retries=0)

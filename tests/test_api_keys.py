@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from accounts import keys
 from accounts.models import ApiKey, ApiKeyModelLimit, KeyLimitReached, KeyPolicy
-from gateway.auth import KeyLimits
+from accounts.principal import KeyLimits
 from tests.personas import issue
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,6 +23,7 @@ import pytest
 from django.conf import settings
 from mlflow import MlflowClient
 
+from gateway import tasks as gateway_tasks
 from tests import processes
 from tests.mlflow_server import MlflowServer
 from tracking import recorder, tasks
@@ -119,7 +120,7 @@ def test_a_worker_resets_daily_counters_and_purges_old_usage(worker: Worker, tra
         request_id=uuid.uuid4().hex, created=too_old, endpoint="chat.completions", status=200, ok=True
     )
 
-    tasks.reset_daily_counters.apply_async(queue=worker.queue)
+    gateway_tasks.reset_daily_counters.apply_async(queue=worker.queue)
     tasks.purge_old_usage.apply_async(queue=worker.queue)
 
     eventually(lambda: not DailyCounter.objects.filter(day=long_ago).exists())

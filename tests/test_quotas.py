@@ -291,7 +291,7 @@ def user_key(**limits):
     from django.contrib.auth.models import User
 
     from accounts.models import ApiKey
-    from gateway.auth import KeyLimits
+    from accounts.principal import KeyLimits
 
     owner = User.objects.create_user("alice", password="pw-alice-12345")
     return ApiKey.objects.issue(owner, "ci", limits=KeyLimits(**limits))

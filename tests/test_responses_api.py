@@ -10,7 +10,7 @@ import openai
 import orjson
 import pytest
 
-from gateway.auth import KeyLimits
+from accounts.principal import KeyLimits
 from tests.conftest import make_deployment, make_provider
 from tests.helpers import named_events, wait_for_records
 from tests.mock_upstream import Behaviour

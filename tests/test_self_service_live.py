@@ -9,7 +9,7 @@ import time
 import openai
 from django.test import Client
 
-from gateway.auth import KeyLimits
+from accounts.principal import KeyLimits
 from tests.conftest import make_deployment, make_provider
 from tests.personas import issue
 from tests.test_self_service import quota_table

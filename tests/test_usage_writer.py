@@ -8,25 +8,22 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from gateway.api.calls import Call
 from tracking import recorder
+from tracking.events import UsageEvent
 from tracking.models import UsageRecord
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def a_call(request_id: str, **fields: Any) -> Call:
-    call = Call(request_id=request_id, endpoint="chat.completions", model="test-model", status=200,
-                prompt_tokens=3, completion_tokens=5)
-    call.ended = call.started + 0.01
-    for name, value in fields.items():
-        setattr(call, name, value)
-    return call
+def a_call(request_id: str, **fields: Any) -> UsageEvent:
+    values: dict[str, Any] = {"endpoint": "chat.completions", "model": "test-model", "status": 200,
+                              "prompt_tokens": 3, "completion_tokens": 5, "latency_ms": 10.0}
+    return UsageEvent(request_id=request_id, started_at=time.time(), **{**values, **fields})
 
 
-def write(*calls: Call) -> None:
-    for call in calls:
-        recorder.recorder.pending.append(call)
+def write(*events: UsageEvent) -> None:
+    for event in events:
+        recorder.recorder.pending.append(event)
     recorder.flush()
 
 

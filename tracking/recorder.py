@@ -1,6 +1,7 @@
 """Hands each finished /v1 call to a background writer: no database round trip on the response path.
 
-`record(call)` appends the Call to an in-process deque (thread-safe, O(1)). A daemon thread per worker
+`record(event)` appends the UsageEvent (tracking.events: plain values the gateway builds when a call ends) to
+an in-process deque (thread-safe, O(1)). A daemon thread per worker
 process wakes every USAGE_FLUSH_SECONDS, or as soon as USAGE_FLUSH_BATCH calls wait, turns the calls into
 UsageRecord rows (tags, token counts, kept bodies) and writes them with one bulk INSERT per batch. A failed
 write puts the batch back and is retried: nothing is lost while the database is away. A clean shutdown
@@ -28,9 +29,9 @@ from django.conf import settings
 from django.db import DataError, IntegrityError, connections, models, transaction
 
 from tracking import tags as usage_tags
+from tracking.events import UsageEvent
 
 if TYPE_CHECKING:
-    from gateway.api.calls import Call
     from tracking.models import BodyLoggingRule, UsageRecord
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ RULES_REFRESH_SECONDS = 5.0
 
 class Recorder:
     def __init__(self) -> None:
-        self.pending: deque[Call] = deque()
+        self.pending: deque[UsageEvent] = deque()
         self.wake = threading.Event()
         self.start_lock = threading.Lock()
         # One writer at a time: when flush() returns, everything recorded before it is in the database.
@@ -56,8 +57,8 @@ class Recorder:
 
     # --- request path -----------------------------------------------------------------------------------
 
-    def record(self, call: Call) -> None:
-        self.pending.append(call)
+    def record(self, event: UsageEvent) -> None:
+        self.pending.append(event)
         if len(self.pending) > settings.USAGE_BUFFER_MAX:
             # The database has been away so long that memory is at risk; shed the oldest, loudly.
             self.pending.popleft()
@@ -99,7 +100,7 @@ class Recorder:
         with self.write_lock:
             try:
                 while self.pending:
-                    batch: list[Call] = []
+                    batch: list[UsageEvent] = []
                     while self.pending and len(batch) < settings.USAGE_FLUSH_BATCH:
                         batch.append(self.pending.popleft())
                     try:
@@ -126,17 +127,17 @@ class Recorder:
         except Exception as e:
             log.error("could not write %s usage records at shutdown: %s", len(self.pending), e)
 
-    def _write(self, batch: list[Call]) -> None:
+    def _write(self, batch: list[UsageEvent]) -> None:
         from tracking.models import UsageRecord
 
         rules = self._body_rules()
         rows = []
-        for call in batch:
+        for event in batch:
             try:
-                rows.append(build_record(call, rules))
+                rows.append(build_record(event, rules))
             except Exception:
-                # One malformed call must not block every record behind it.
-                log.exception("could not build the usage record of %s; skipped", call.request_id)
+                # One malformed event must not block every record behind it.
+                log.exception("could not build the usage record of %s; skipped", event.request_id)
         if _copy(rows):
             return
         # ignore_conflicts: a batch retried after an ambiguous failure must not fail on its own rows.
@@ -197,48 +198,47 @@ def _copy(rows: list[UsageRecord]) -> bool:
     return True
 
 
-# --- turning a Call into a record ---------------------------------------------------------------------------
+# --- turning an event into a record ---------------------------------------------------------------------------
 
 
-def build_record(call: Call, rules: list[BodyLoggingRule]) -> UsageRecord:
+def build_record(event: UsageEvent, rules: list[BodyLoggingRule]) -> UsageRecord:
     from tracking.models import UsageRecord
 
-    principal, route = call.principal, call.route
-    started = call.started_at
-    latency = call.latency_ms
-    disconnected = call.client_disconnected
+    started = event.started_at
+    latency = event.latency_ms
+    disconnected = event.client_disconnected
     record = UsageRecord(
-        request_id=call.request_id,
+        request_id=event.request_id,
         created=dt.datetime.fromtimestamp(started, dt.UTC),
         ended=dt.datetime.fromtimestamp(started + latency / 1000, dt.UTC) if latency is not None else None,
-        endpoint=call.endpoint,
-        key_id=principal.key_id if principal else None,
-        key_name=principal.key_name if principal else "",
-        user_id=principal.user_id if principal else None,
-        username=principal.username if principal else "",
-        model=call.model[:200],
-        deployment_id=route.id if route else None,
-        provider=route.provider_name if route else "",
-        upstream_model=route.upstream_model[:300] if route else "",
-        status=call.status,
-        error_code=(call.error_code or "")[:64],
-        error_message=call.error_message[:2000],
-        ok=0 < call.status < 400 and call.error_code in (None, "", "client_disconnected"),
-        streamed=call.streamed,
+        endpoint=event.endpoint,
+        key_id=event.key_id,
+        key_name=event.key_name,
+        user_id=event.user_id,
+        username=event.username,
+        model=event.model[:200],
+        deployment_id=event.deployment_id,
+        provider=event.provider,
+        upstream_model=event.upstream_model[:300],
+        status=event.status,
+        error_code=(event.error_code or "")[:64],
+        error_message=event.error_message[:2000],
+        ok=0 < event.status < 400 and event.error_code in (None, "", "client_disconnected"),
+        streamed=event.streamed,
         client_disconnected=disconnected,
-        attempts=call.attempts,
+        attempts=event.attempts,
         latency_ms=latency,
-        ttft_ms=call.ttft_ms,
-        prompt_tokens=call.prompt_tokens,
-        completion_tokens=call.completion_tokens,
-        client_ip=call.client_ip[:45],
-        tags=usage_tags.merge(principal.tags if principal else None, call.tags, call.request_body),
+        ttft_ms=event.ttft_ms,
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        client_ip=event.client_ip[:45],
+        tags=usage_tags.merge(event.key_tags, event.tags, event.request_body),
     )
-    if route is not None and (call.status == 200 or disconnected):
-        count_missing_tokens(record, call)
+    if event.routed and (event.status == 200 or disconnected):
+        count_missing_tokens(record, event)
     record.total_tokens = _total(record.prompt_tokens, record.completion_tokens)
     if any(rule.matches(record.model, record.key_id) for rule in rules):
-        keep_bodies(record, call)
+        keep_bodies(record, event)
     return without_nul(record)
 
 
@@ -261,14 +261,14 @@ def _total(prompt: int | None, completion: int | None) -> int | None:
     return None if prompt is None and completion is None else (prompt or 0) + (completion or 0)
 
 
-def count_missing_tokens(record: UsageRecord, call: Call) -> None:
+def count_missing_tokens(record: UsageRecord, event: UsageEvent) -> None:
     """Count what the upstream did not report (no usage at all, or a stream the client left early).
 
     LiteLLM's token_counter (the model's tokenizer when LiteLLM knows it, else tiktoken's cl100k) runs
     here, in the writer thread, never on the event loop.
     """
-    body = call.request_body if isinstance(call.request_body, dict) else {}
-    model = call.route.litellm_model if call.route else record.model
+    body = event.request_body if isinstance(event.request_body, dict) else {}
+    model = event.litellm_model or record.model
     if record.prompt_tokens is None:
         if isinstance(body.get("messages"), list):
             record.prompt_tokens = _count(model, messages=body["messages"])
@@ -278,8 +278,8 @@ def count_missing_tokens(record: UsageRecord, call: Call) -> None:
         else:
             return
         record.tokens_counted = True
-    if record.completion_tokens is None and (call.streamed or call.endpoint == "chat.completions"):
-        text = "".join(call.stream_text) if call.streamed else _message_text(call.response_body)
+    if record.completion_tokens is None and (event.streamed or event.endpoint == "chat.completions"):
+        text = "".join(event.stream_text) if event.streamed else _message_text(event.response_body)
         record.completion_tokens = _count(model, text=text) if text else 0
         record.tokens_counted = True
 
@@ -310,12 +310,12 @@ def _message_text(response: Any) -> str:
     return "".join(parts)
 
 
-def keep_bodies(record: UsageRecord, call: Call) -> None:
+def keep_bodies(record: UsageRecord, event: UsageEvent) -> None:
     cap = settings.USAGE_BODY_MAX_BYTES
-    response = call.response_body
-    if call.streamed:
-        response = {"streamed": True, "content": "".join(call.stream_text)}
-    record.request_body, cut_request = _capped(call.request_body, cap)
+    response = event.response_body
+    if event.streamed:
+        response = {"streamed": True, "content": "".join(event.stream_text)}
+    record.request_body, cut_request = _capped(event.request_body, cap)
     record.response_body, cut_response = _capped(response, cap)
     record.bodies_truncated = cut_request or cut_response
 

@@ -38,17 +38,6 @@ def log_daily_usage_metrics() -> int:
 
 
 @shared_task
-def reset_daily_counters() -> int:
-    """Drop the quota module's durable counters of days long past (live windows roll over at each
-    provider's midnight in its time zone by themselves, see gateway.quota)."""
-    from gateway import quota
-
-    deleted = quota.reset_daily_counters()
-    log.info("reset daily counters: %s old rows removed", deleted)
-    return deleted
-
-
-@shared_task
 def purge_old_usage() -> int:
     """Delete usage records older than USAGE_RETENTION_DAYS, so the table cannot grow without bound."""
     deleted = UsageRecord.objects.purge_older_than(settings.USAGE_RETENTION_DAYS)

@@ -14,6 +14,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
+from tracking import services
 from tracking.models import UsageRecord
 
 log = logging.getLogger(__name__)
@@ -121,47 +122,14 @@ def top(rows: QuerySet[UsageRecord], id_field: str, name_field: str) -> list[dic
 
 
 def quota_today() -> list[dict[str, Any]]:
-    """Each limited deployment's daily (and per-minute) limits: used now against the limit.
-
-    `used` comes from the quota module (Redis, or this process's store, backed by its durable daily
-    counters); when it cannot answer, today's usage records are counted instead.
-    """
-    from gateway import catalog
-    from gateway.models import Deployment
-
-    deployments = Deployment.objects.filter(enabled=True).select_related("provider", "pool").order_by(
-        "public_name", "priority", "id"
-    )
-    out = []
-    for d in deployments:
-        limits = list(catalog.deployment_limits(d))
-        if not limits:
-            continue
-        for entry in _limit_usage(d, limits):
-            out.append({
-                "label": f"{d.public_name} ({d.provider.name}) {entry['limit_name']}",
-                "deployment": d.pk,
-                "limit_name": entry["limit_name"],
-                "scope": entry.get("scope", "deployment"),
-                "used": entry["used"],
-                "limit": entry["limit"],
-                "percent": _rate(min(entry["used"], entry["limit"]), entry["limit"]),
-            })
-    return out
+    """Each limited deployment's daily (and per-minute) limits: used now against the limit (from the gateway,
+    see tracking.services)."""
+    return services.gateway.deployment_quotas()
 
 
-def _limit_usage(d: Any, limits: list[Any]) -> list[dict[str, Any]]:
-    from gateway import quota
-
-    try:
-        return quota.usage_of(limits)
-    except Exception:
-        log.warning("quota usage unavailable for deployment %s; counting today's records", d.pk, exc_info=True)
-    today = UsageRecord.objects.filter(deployment_id=d.pk, created__gte=start_of_today())
+def counted_today(deployment_id: int) -> dict[str, int]:
+    """{"rpd": requests, "tpd": tokens} a deployment served since midnight UTC, counted from the records (the
+    gateway's fallback when its live counters cannot answer)."""
+    today = UsageRecord.objects.filter(deployment_id=deployment_id, created__gte=start_of_today())
     counted = today.aggregate(requests=Count("id"), tokens=Coalesce(Sum("total_tokens"), 0))
-    names = {"rpd": counted["requests"], "tpd": counted["tokens"]}
-    return [
-        {"limit_name": limit.name, "limit": limit.value, "used": names[limit.name], "scope": limit.scope}
-        for limit in limits
-        if limit.name in names
-    ]
+    return {"rpd": counted["requests"], "tpd": counted["tokens"]}

@@ -9,11 +9,12 @@ from typing import Any
 
 from django.http import HttpRequest
 
+from accounts.principal import Principal
 from gateway import quota, redact
-from gateway.auth import Principal
 from gateway.catalog import Route
 from gateway.quota import Admission
 from tracking import recorder
+from tracking.events import UsageEvent
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,24 @@ class Call:
     def rate_headers(self) -> list[tuple[bytes, bytes]]:
         return self.admissions[-1].headers() if self.admissions else []
 
+    def usage_event(self) -> UsageEvent:
+        """What tracking records of this call: plain values, none of the gateway's types."""
+        principal, route = self.principal, self.route
+        return UsageEvent(
+            request_id=self.request_id, endpoint=self.endpoint, started_at=self.started_at,
+            latency_ms=self.latency_ms, ttft_ms=self.ttft_ms, client_ip=self.client_ip,
+            key_id=principal.key_id if principal else None, key_name=principal.key_name if principal else "",
+            user_id=principal.user_id if principal else None, username=principal.username if principal else "",
+            key_tags=principal.tags if principal else {},
+            model=self.model, deployment_id=route.id if route else None,
+            provider=route.provider_name if route else "", upstream_model=route.upstream_model if route else "",
+            litellm_model=route.litellm_model if route else "",
+            status=self.status, error_code=self.error_code, error_message=self.error_message,
+            streamed=self.streamed, client_disconnected=self.client_disconnected, attempts=self.attempts,
+            prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens, tags=self.tags,
+            request_body=self.request_body, response_body=self.response_body, stream_text=self.stream_text,
+        )
+
     @property
     def latency_ms(self) -> float | None:
         return None if self.ended is None else (self.ended - self.started) * 1000
@@ -132,7 +151,7 @@ def finish(call: Call) -> None:
     if call.admissions:
         _settle(call)
     # A deque append: the record is written in batches by tracking's background writer.
-    recorder.record(call)
+    recorder.record(call.usage_event())
     log.debug("call %s %s status=%s", call.request_id, call.model, call.status)
 
 

@@ -25,13 +25,14 @@ import orjson
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
+from accounts.auth import authenticate
+from accounts.principal import AuthRefused, Principal
 from gateway import catalog, health, router
 from gateway.api.calls import Call, finish, finish_unfinished
 from gateway.api.relay import Translation, relay, sse_response
 from gateway.api.validation import json_body
-from gateway.auth import Principal, authenticate
 from gateway.catalog import Route
-from gateway.errors import GatewayError, not_found
+from gateway.errors import GatewayError, not_found, refused
 from gateway.upstreams import Upstream, media
 from tracking import tags as usage_tags
 
@@ -76,10 +77,11 @@ def gateway_view(
                     call.principal = principal
                     call.tags = usage_tags.from_headers(request.headers)
                 response = await view(request, principal, *args, **kwargs)
-            except GatewayError as e:
-                response = render(e, request_id)
+            except (GatewayError, AuthRefused) as e:
+                error = e if isinstance(e, GatewayError) else refused(e)
+                response = render(error, request_id)
                 # Records the call its view refused or failed (its code as is, None included).
-                finish_unfinished(request, e.status, e.code, e.message)
+                finish_unfinished(request, error.status, error.code, error.message)
             except health.UNREACHABLE_ERRORS as e:
                 log.error("%s on %s: a backing service is unreachable", type(e).__name__, request.path)
                 error = health.unreachable(e)

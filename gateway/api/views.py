@@ -12,12 +12,12 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
+from accounts.principal import Principal
 from gateway import catalog, db, health, quota, redact
 from gateway.api.calls import Call
 from gateway.api.pipeline import Job, find, gateway_view, json_response, model_view
 from gateway.api.relay import OpenAIChunks
 from gateway.api.validation import parse_chat, parse_embeddings, parse_speech
-from gateway.auth import Principal
 from gateway.catalog import Route
 from gateway.errors import not_found
 from gateway.upstreams import default_upstream, media

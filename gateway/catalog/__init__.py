@@ -1,9 +1,10 @@
 """An in-process snapshot of the enabled catalog, so /v1 requests never query it.
 
-Saving a Provider or Deployment bumps a version number in the shared cache;
-each worker compares it at most every CATALOG_REFRESH_SECONDS and reloads the
-snapshot when it moved. With Redis that reaches every worker on every host;
-with the in-process cache (embedded default, one process) it is immediate.
+Every change to a catalog row (save, delete, a queryset's update or delete, the admin's bulk delete: see
+gateway.models.CatalogModel) bumps a version number in the shared cache, and again when its transaction
+commits; each worker compares it at most every CATALOG_REFRESH_SECONDS and reloads the snapshot when it
+moved. With Redis that reaches every worker on every host; the process that made the change reloads at its
+next request.
 
 A request is never refused for a change the worker has not checked yet: one that names a model the snapshot
 lacks has the version checked again before its 404 (`recheck`), and requests that arrive while a check or a
@@ -24,11 +25,12 @@ from django.core.cache import cache
 from django.db import InterfaceError, OperationalError
 
 from gateway import db, redact
+from gateway.models import CATALOG_VERSION_KEY, LocalChanges, bump_catalog_version
 from gateway.quota import Limit
 
 log = logging.getLogger(__name__)
 
-VERSION_KEY = "gateway:catalog-version"
+VERSION_KEY = CATALOG_VERSION_KEY
 
 
 @dataclass(frozen=True)
@@ -84,11 +86,8 @@ class Snapshot:
 
 
 def invalidate() -> None:
-    """Tell every worker the catalog changed (call after any write that bypasses save())."""
-    try:
-        cache.incr(VERSION_KEY)
-    except ValueError:
-        cache.set(VERSION_KEY, 1, timeout=None)
+    """Tell every worker the catalog changed (the catalog's models do it themselves for every write)."""
+    bump_catalog_version()
     _state.checked_at = 0.0
     _state.snapshot = None
     _state.generation += 1
@@ -186,6 +185,7 @@ class _State:
     pending_since: float = 0.0
     # Bumped by invalidate(): a check begun before it must not store what it read.
     generation: int = 0
+    local_changes: int = 0  # LocalChanges.count when the snapshot was built
 
 
 _state = _State()
@@ -200,6 +200,11 @@ async def get() -> Snapshot:
     While a version check (or the reload it leads to) is under way, requests wait for it (up to
     REFRESH_WAIT_SECONDS) rather than being served the snapshot it may be about to replace.
     """
+    if _state.local_changes != LocalChanges.count:
+        # This process changed the catalog itself: drop its snapshot now, not a refresh interval later.
+        _state.local_changes = LocalChanges.count
+        _state.snapshot, _state.checked_at, _state.pending = None, 0.0, None
+        _state.generation += 1
     snapshot = _state.snapshot
     if (snapshot is not None and _state.pending is None
             and time.monotonic() - _state.checked_at < settings.CATALOG_REFRESH_SECONDS):

@@ -15,9 +15,9 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import cache
 
+from accounts.principal import Principal
 from gateway.api.compat.blocks import Answer, Block, answer_of
 from gateway.api.validation import expect
-from gateway.auth import Principal
 from gateway.errors import GatewayError, bad_request, not_found
 from gateway.upstreams.media import Image, parse_image
 

@@ -13,12 +13,12 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
+from accounts.principal import Principal
 from gateway.api.calls import Call
 from gateway.api.compat import anthropic, anthropic_stream, responses, responses_stream
 from gateway.api.pipeline import Job, gateway_view, json_response, model_view, route
 from gateway.api.validation import json_body
 from gateway.api.views import CHAT_MODES
-from gateway.auth import Principal
 from gateway.upstreams import default_upstream, media
 
 # --- Anthropic Messages ------------------------------------------------------------------------------------
