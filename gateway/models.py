@@ -196,6 +196,26 @@ class Provider(models.Model):
     def litellm_prefix(self) -> str:
         return LITELLM_PREFIX.get(self.kind, "")
 
+    def waiting_for(self) -> str:
+        """What this provider still needs before it can be called, in the operator's words ("" = nothing): the
+        environment variable to set, or the admin field or page to fill in. `make run` prints it."""
+        from gateway import providers
+
+        if providers.credential_ready(self):
+            return ""
+        if self.kind == ProviderKind.GITHUB_COPILOT:
+            return f"a GitHub login: admin → Providers → {self.name} → Connect GitHub Copilot"
+        if self.kind in (ProviderKind.LM_STUDIO, ProviderKind.OPENAI_COMPATIBLE):
+            return self._variable_or_field(self.api_base, providers.kind_of(self.kind).base_env, "API base")
+        return self._variable_or_field(self.credential_ref, providers.kind_of(self.kind).key_env, "credential")
+
+    def _variable_or_field(self, value: str, kind_variable: str, field: str) -> str:
+        if value.startswith(ENV_PREFIX):
+            return value[len(ENV_PREFIX) :]
+        if not value and kind_variable:
+            return f"{kind_variable} (or the {field} field in the admin)"
+        return f"the {field} field in the admin (Providers → {self.name})"
+
     def set_enabled_by_operator(self, enabled: bool) -> None:
         """An operator's choice: from now on load_catalog leaves `enabled` alone."""
         self.enabled, self.awaiting_credential = enabled, False

@@ -17,10 +17,18 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 
+from portal import envfile
+
 # Lets admin classes be written ModelAdmin[Model] for mypy at run time too.
 django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Before any variable is read: the operator's .env (or PORTAL_ENV_FILE), under what the environment already sets.
+try:
+    ENV_FILE = envfile.load()
+except envfile.EnvFileError as e:
+    raise ImproperlyConfigured(str(e)) from None
 
 # LiteLLM fetches its model cost map from the internet at import unless told not
 # to; we never want network at import (offline CI, slow first request).
