@@ -199,7 +199,7 @@ class Provider(models.Model):
     def waiting_for(self) -> str:
         """What this provider still needs before it can be called, in the operator's words ("" = nothing): the
         environment variable to set, or the admin field or page to fill in. `make run` prints it."""
-        from gateway import providers
+        from gateway.upstreams import providers
 
         if providers.credential_ready(self):
             return ""
