@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 
@@ -252,6 +253,24 @@ class Deployment(models.Model):
         default=0,
         help_text="When every deployment of this model is rate-limited, hold a request up to this long for a "
         "slot instead of answering 429.",
+    )
+    # LiteLLM's per-deployment litellm_params of the same names; empty = router_settings / litellm_settings of the
+    # imported config, else UPSTREAM_TIMEOUT (timeouts) and no retry.
+    timeout = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.001)], verbose_name="timeout (seconds)",
+        help_text="The whole answer must arrive within this; a stream must start within it unless a stream "
+        "timeout is set. Past it the next deployment is tried (504 when none is left). Empty: the config's "
+        "router_settings.timeout or litellm_settings.request_timeout, else UPSTREAM_TIMEOUT (also the ceiling).",
+    )
+    stream_timeout = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.001)], verbose_name="stream timeout (seconds)",
+        help_text="A stream's first chunk must arrive within this (later silences: STREAM_IDLE_TIMEOUT).",
+    )
+    num_retries = models.PositiveSmallIntegerField(
+        null=True, blank=True, verbose_name="retries",
+        help_text="Calls of this deployment again after a failure (5xx, timeout, connection), before the next "
+        "deployment; never after a 429 or a 4xx. Empty: the config's router_settings.num_retries or "
+        "litellm_settings.num_retries, else 0.",
     )
     enabled = models.BooleanField(default=True)
     priority = models.IntegerField(default=0, help_text="Lower is tried first.")
