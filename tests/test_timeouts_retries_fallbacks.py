@@ -253,6 +253,10 @@ def test_timeouts_and_retries_are_columns_written_back_on_export(transactional_d
      "router_settings.fallbacks must be a list of {model: [fallback models]}"),
     ("model_list: []\nlitellm_settings:\n  drop_params: sometimes\n", 3,
      "litellm_settings.drop_params must be true or false, got 'sometimes'"),
+    ("model_list: []\ninclude:\n  - models.yaml\n", 2, "include is not supported: the portal imports one file"),
+    ("model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/a\n"
+     "      litellm_credential_name: azure-creds\n", 5,
+     "model_list[0].litellm_params.litellm_credential_name is not supported: give the key as api_key"),
 ])
 def test_a_wrong_value_for_an_honoured_key_is_refused_with_its_line(db, text, line, reason):
     with pytest.raises(litellm_config.ConfigError) as refused:

@@ -204,6 +204,11 @@ def _parse(data: Any, source: str) -> tuple[list[Entry], dict[str, Any]]:
         models = []  # LiteLLM accepts a config without models (e.g. settings only)
     elif not isinstance(models, list):
         _fail(source, _key_line(data, "model_list"), f"model_list must be a list of models, got {_got(models)}")
+    if "include" in data:
+        # LiteLLM merges the listed files in; the portal imports one file, and dropping their models silently
+        # would leave requests for them answering 404.
+        _fail(source, _key_line(data, "include"), "include is not supported: the portal imports one file; put the "
+              "included files' model_list entries and settings into this one")
     entries = [_parse_entry(i, item, _item_line(models, i), source) for i, item in enumerate(models)]
     _reject_repeats(entries, source)
     _check_settings(data, source)
@@ -232,6 +237,10 @@ def _parse_entry(index: int, item: Any, item_line: int | None, source: str) -> E
     if not isinstance(params, dict):
         _fail(source, params_line, f"{params_path} must be a mapping, got {_got(params)}")
     model = _text(params, "model", params_path, source, None, required=True, line=params_line)
+    if "litellm_credential_name" in params:
+        # A key from LiteLLM's credential_list (kept in its database): without it the deployment has no key.
+        _fail(source, _key_line(params, "litellm_credential_name", params_line),
+              f"{params_path}.litellm_credential_name is not supported: give the key as api_key: os.environ/NAME")
     api_base = _text(params, "api_base", params_path, source, MAX_API_BASE, line=params_line)
     api_key = _text(params, "api_key", params_path, source, None, line=params_line, secret=True)
     if api_key.startswith(ENV_PREFIX) and len(api_key) > MAX_CREDENTIAL_REF:
