@@ -80,7 +80,7 @@ def _earliest(a: Outcome | None, b: Outcome) -> Outcome:
 async def _ordered_routes(routes: tuple[Route, ...], call: Call) -> list[Route]:
     """The model's deployments, then those of its configured fallbacks the caller may use."""
     snapshot = await catalog.get()
-    return _with_models(list(routes), snapshot.fallbacks.get(call.model, ()), snapshot, call)
+    return _with_models(list(routes), snapshot.policy.fallbacks.get(call.model, ()), snapshot, call)
 
 
 def _with_models(out: list[Route], names: tuple[str, ...], snapshot: catalog.Snapshot, call: Call) -> list[Route]:

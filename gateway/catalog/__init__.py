@@ -87,8 +87,7 @@ class RouterPolicy:
 class Snapshot:
     by_name: dict[str, tuple[Route, ...]]
     created: int  # unix time, shown as "created" in /v1/models
-    # Cross-name fallbacks from an imported LiteLLM config: {"a": ["b", "c"]}.
-    fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The imported config's router settings: timeouts, retries, cross-name fallbacks ({"a": ["b", "c"]}), ...
     policy: RouterPolicy = field(default_factory=RouterPolicy)
 
     def routes(self, public_name: str) -> tuple[Route, ...]:
@@ -121,8 +120,7 @@ def build_snapshot() -> Snapshot:
     for d in rows:
         route = route_for(d, policy)
         by_name.setdefault(d.public_name, []).append(route)
-    return Snapshot({k: tuple(v) for k, v in by_name.items()}, created=int(time.time()), fallbacks=policy.fallbacks,
-                    policy=policy)
+    return Snapshot({k: tuple(v) for k, v in by_name.items()}, created=int(time.time()), policy=policy)
 
 
 def route_for(d: Any, policy: RouterPolicy | None = None) -> Route:
@@ -189,9 +187,8 @@ def load_policy() -> RouterPolicy:
 
     sections = {row.key: row.value for row in ConfigSetting.objects.filter(key__in=["router_settings",
                                                                                  "litellm_settings"])}
-    router = sections.get("router_settings") if isinstance(sections.get("router_settings"), dict) else {}
-    general = sections.get("litellm_settings") if isinstance(sections.get("litellm_settings"), dict) else {}
-    assert isinstance(router, dict) and isinstance(general, dict)
+    router, general = (value if isinstance(value := sections.get(key), dict) else {}
+                       for key in ("router_settings", "litellm_settings"))
 
     def first(*values: Any) -> Any:
         return next((v for v in values if v is not None and not isinstance(v, bool)), None)

@@ -43,8 +43,11 @@ RETRY_KEYS = ("num_retries", "max_retries")  # LiteLLM's two names for it; store
 COLUMN_PARAMS = ("model", "api_base", "api_key", *LIMIT_KEYS, *TIMEOUT_KEYS, *RETRY_KEYS)
 # The settings the router honours, by section, with the type each value must have (checked at import, so a
 # mistake is refused with its line instead of being ignored at request time).
-NUMBER, COUNT, FLAG, TEXT, FALLBACKS = "a positive number of seconds", "a non-negative integer", "true or false", \
-    "a string", "a list of {model: [fallback models]}"
+NUMBER = "a positive number of seconds"
+COUNT = "a non-negative integer"
+FLAG = "true or false"
+TEXT = "a string"
+FALLBACKS = "a list of {model: [fallback models]}"
 HONOURED_SETTINGS: dict[str, dict[str, str]] = {
     "router_settings": {"timeout": NUMBER, "num_retries": COUNT, "fallbacks": FALLBACKS,
                         "context_window_fallbacks": FALLBACKS, "cooldown_time": NUMBER, "allowed_fails": COUNT},
