@@ -2,8 +2,6 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-PORT ?= 4000
-export PORT
 
 .PHONY: run test install lint check bench bench-litellm soak clean
 
@@ -16,17 +14,22 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 install: $(VENV)/.installed
 
-# `make run` also starts the Celery worker with its beat (usage export to MLflow, daily counters, purge) and,
+# `make run` reads .env (or PORTAL_ENV_FILE) like every entry point does (portal/envfile.py): the shell below
+# evaluates it too, so the variables that steer it (PORTAL_DATA_DIR, MLFLOW_TRACKING_URI) may live there.
+# It also starts the Celery worker with its beat (usage export to MLflow, daily counters, purge) and,
 # when the full mlflow package is installed and MLFLOW_TRACKING_URI is not set, the MLflow UI on
 # 127.0.0.1:$(MLFLOW_PORT) over the embedded store data/mlflow.db. All of them stop with gunicorn.
 MLFLOW_PORT ?= 5001
 
 run: install
-	$(PY) manage.py prepare
 	@trap 'kill $$(jobs -p) 2>/dev/null' EXIT; trap 'exit 143' INT TERM; \
-	data="$${PORTAL_DATA_DIR:-$(CURDIR)/data}"; \
+	exports="$$($(PY) -m portal.envfile)" || exit 1; eval "$$exports"; \
+	data="$${PORTAL_DATA_DIR:-$(CURDIR)/data}"; mlflow_ui=""; \
 	if [ -z "$$MLFLOW_TRACKING_URI" ] && $(PY) -c "import flask, mlflow.server" 2>/dev/null; then \
-		echo "MLflow UI: http://127.0.0.1:$(MLFLOW_PORT)"; \
+		mlflow_ui="http://127.0.0.1:$(MLFLOW_PORT)"; \
+	fi; \
+	$(PY) manage.py prepare --mlflow-ui "$$mlflow_ui" || exit 1; \
+	if [ -n "$$mlflow_ui" ]; then \
 		MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --host 127.0.0.1 --port $(MLFLOW_PORT) \
 			--backend-store-uri "sqlite:///$$data/mlflow.db" --default-artifact-root "$$data/mlflow-artifacts" \
 			--workers 1 >"$$data/mlflow-server.log" 2>&1 & \
@@ -35,8 +38,9 @@ run: install
 		--schedule "$$data/celerybeat-schedule" & \
 	$(VENV)/bin/gunicorn portal.asgi:application -c deploy/gunicorn.conf.py & wait $$!
 
+# Your .env is for `make run`; the tests make their own.
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	PORTAL_ENV_FILE=/dev/null $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

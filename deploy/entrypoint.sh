@@ -5,7 +5,7 @@
 #   beat     Celery beat (run exactly one)
 #   prepare  migrate, collect static files, import PORTAL_CONFIG, create the UI_USERNAME admin
 # Anything else is run as a command, with the same environment; the image links this script as
-# `portal`, so `docker compose exec web portal python manage.py createsuperuser` works too.
+# `portal`, so `docker compose exec litellm portal python manage.py createsuperuser` works too.
 set -eu
 
 # DATABASE_URL from the POSTGRES_* names of a LiteLLM-era .env, the password URL-encoded (a "@" or "/"

@@ -2,6 +2,15 @@
 
 import gc
 import os
+import sys
+from pathlib import Path
+
+# The operator's .env (or PORTAL_ENV_FILE) before PORT, HOST and WEB_CONCURRENCY are read below: gunicorn reads
+# this file before it loads Django, whose settings read the .env for everything else.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from portal import envfile
+
+envfile.load()
 
 # All interfaces by default: in a container, Nginx reaches the portal over the compose network.
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '4000')}"  # noqa: S104

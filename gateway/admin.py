@@ -141,6 +141,7 @@ class DeploymentAdmin(admin.ModelAdmin[Deployment]):
     fieldsets = [
         (None, {"fields": ["public_name", "provider", "upstream_model", "priority", "enabled"]}),
         ("Limits", {"fields": ["rpm", "tpm", "rpd", "tpd", "pool", "max_wait_seconds"]}),
+        ("Timeouts and retries", {"fields": ["timeout", "stream_timeout", "num_retries"]}),
         ("Advanced", {"classes": ["collapse"], "fields": ["litellm_params", "model_info", "extra"]}),
     ]
 

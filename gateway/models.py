@@ -9,6 +9,7 @@ from typing import Any
 
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models, transaction
 from django.utils import timezone
 
@@ -264,6 +265,26 @@ class Provider(CatalogModel):
     def litellm_prefix(self) -> str:
         return LITELLM_PREFIX.get(self.kind, "")
 
+    def waiting_for(self) -> str:
+        """What this provider still needs before it can be called, in the operator's words ("" = nothing): the
+        environment variable to set, or the admin field or page to fill in. `make run` prints it."""
+        from gateway.upstreams import providers
+
+        if providers.credential_ready(self):
+            return ""
+        if self.kind == ProviderKind.GITHUB_COPILOT:
+            return f"a GitHub login: admin → Providers → {self.name} → Connect GitHub Copilot"
+        if self.kind in (ProviderKind.LM_STUDIO, ProviderKind.OPENAI_COMPATIBLE):
+            return self._variable_or_field(self.api_base, providers.kind_of(self.kind).base_env, "API base")
+        return self._variable_or_field(self.credential_ref, providers.kind_of(self.kind).key_env, "credential")
+
+    def _variable_or_field(self, value: str, kind_variable: str, field: str) -> str:
+        if value.startswith(ENV_PREFIX):
+            return value[len(ENV_PREFIX) :]
+        if not value and kind_variable:
+            return f"{kind_variable} (or the {field} field in the admin)"
+        return f"the {field} field in the admin (Providers → {self.name})"
+
     def set_enabled_by_operator(self, enabled: bool) -> None:
         """An operator's choice: from now on load_catalog leaves `enabled` alone."""
         self.enabled, self.awaiting_credential = enabled, False
@@ -300,6 +321,24 @@ class Deployment(CatalogModel):
         default=0,
         help_text="When every deployment of this model is rate-limited, hold a request up to this long for a "
         "slot instead of answering 429.",
+    )
+    # LiteLLM's per-deployment litellm_params of the same names; empty = router_settings / litellm_settings of the
+    # imported config, else UPSTREAM_TIMEOUT (timeouts) and no retry.
+    timeout = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.001)], verbose_name="timeout (seconds)",
+        help_text="The whole answer must arrive within this; a stream must start within it unless a stream "
+        "timeout is set. Past it the next deployment is tried (504 when none is left). Empty: the config's "
+        "router_settings.timeout or litellm_settings.request_timeout, else UPSTREAM_TIMEOUT (also the ceiling).",
+    )
+    stream_timeout = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.001)], verbose_name="stream timeout (seconds)",
+        help_text="A stream's first chunk must arrive within this (later silences: STREAM_IDLE_TIMEOUT).",
+    )
+    num_retries = models.PositiveSmallIntegerField(
+        null=True, blank=True, verbose_name="retries",
+        help_text="Calls of this deployment again after a failure (5xx, timeout, connection), before the next "
+        "deployment; never after a 429 or a 4xx. Empty: the config's router_settings.num_retries or "
+        "litellm_settings.num_retries, else 0.",
     )
     enabled = models.BooleanField(default=True)
     priority = models.IntegerField(default=0, help_text="Lower is tried first.")

@@ -4,9 +4,12 @@ Deployments are tried in priority order. One whose quota is exhausted, or that
 is parked (the provider said 429, or it keeps failing), is skipped without
 spending a request. A retryable failure (429, 5xx, timeout, connection) moves on
 to the next deployment, then to the model's configured fallbacks; a 400 does
-not. When every deployment is rate-limited, a request either waits for a slot
-(max_wait_seconds, first come first served) or gets a 429 that says which
-limit, and when it resets.
+not, except a prompt too long for the model's context window, which goes to the
+model's context_window_fallbacks. Each call has the deployment's timeout (a
+stream: for its first chunk), and a failed one is repeated num_retries times
+before the next deployment. When every deployment is rate-limited, a request
+either waits for a slot (max_wait_seconds, first come first served) or gets a
+429 that says which limit, and when it resets.
 """
 
 from __future__ import annotations
@@ -15,14 +18,15 @@ import asyncio
 import datetime as dt
 import logging
 import math
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
+import re
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from django.conf import settings
 
 from accounts.principal import Principal
-from gateway import clock, quota
+from gateway import catalog, clock, quota
 from gateway.api.calls import Call
 from gateway.catalog import Route, Snapshot
 from gateway.errors import GatewayError
@@ -77,20 +81,59 @@ def _earliest(a: Outcome | None, b: Outcome) -> Outcome:
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """Where a request may go: the model's deployments (narrowed to those able to take it), then those of the
-    model's configured fallbacks that the caller may use, all from one catalog snapshot."""
+    """Where a request may go, all from one catalog snapshot: the model's deployments (narrowed to those able to
+    take it), those of the model's configured fallbacks the caller may use, and those of its
+    context_window_fallbacks (tried only when a provider says the prompt is too long for the model)."""
 
     routes: tuple[Route, ...]
     fallbacks: tuple[Route, ...] = ()
+    context_fallbacks: tuple[Route, ...] = field(default=())
 
     def ordered(self) -> list[Route]:
         return [*self.routes, *(r for r in self.fallbacks if r not in self.routes)]
 
 
-def plan(snapshot: Snapshot, model: str, routes: tuple[Route, ...], principal: Principal) -> Plan:
-    names = snapshot.fallbacks.get(model, ())
-    fallbacks = tuple(r for name in names if principal.may_use(name) for r in snapshot.routes(name))
-    return Plan(routes, fallbacks)
+def plan(snapshot: Snapshot, model: str, routes: tuple[Route, ...], principal: Principal | None) -> Plan:
+    policy = snapshot.policy
+    return Plan(routes, _of_models(policy.fallbacks.get(model, ()), snapshot, principal),
+                _of_models(policy.context_window_fallbacks.get(model, ()), snapshot, principal))
+
+
+def _of_models(names: tuple[str, ...], snapshot: Snapshot, principal: Principal | None) -> tuple[Route, ...]:
+    out: list[Route] = []
+    for name in names:
+        if principal is None or principal.may_use(name):
+            out += [r for r in snapshot.routes(name) if r not in out]
+    return tuple(out)
+
+
+# How providers (and LiteLLM's ContextWindowExceededError) say a prompt does not fit the model.
+_CONTEXT_WINDOW = re.compile(
+    r"context[_ ](length|window)|maximum context|too many tokens|prompt is too long|input is too long", re.IGNORECASE)
+
+
+def _context_window_fallback(error: UpstreamError, plan: Plan) -> Plan | None:
+    """The deployments of the model's context_window_fallbacks, when the provider refused a prompt as too long."""
+    if not plan.context_fallbacks or error.status != 400 or not _CONTEXT_WINDOW.search(f"{error.code} {error.message}"):
+        return None
+    return Plan(plan.context_fallbacks)
+
+
+def timed_out(route: Route, seconds: float) -> UpstreamError:
+    return UpstreamError(504, f"Provider '{route.provider_name}' (model '{route.public_name}') did not answer within "
+                         f"{seconds:g}s (the deployment's timeout).", code="upstream_timeout")
+
+
+T = TypeVar("T")
+
+
+async def within(seconds: float, route: Route, work: Awaitable[T]) -> T:
+    """The deployment's timeout around one upstream call: a 504 the router treats like a 5xx (next deployment)."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await work
+    except TimeoutError:
+        raise timed_out(route, seconds) from None
 
 
 async def _admit_one(
@@ -119,11 +162,12 @@ async def _admit_one(
     return refusal or beyond_reach
 
 
-async def candidates(plan: Plan, body: dict[str, Any], call: Call) -> AsyncIterator[Route]:
+async def candidates(plan: Plan, body: dict[str, Any], call: Call, *, key_counted: bool = False
+                     ) -> AsyncIterator[Route]:
     """Yield admitted deployments in order; raise the 429 when none has room (after waiting, if allowed)."""
     ordered = plan.ordered()
     tokens = quota.estimate_tokens(body)
-    plimits = quota.key_limits(call.principal, call.model)
+    plimits = () if key_counted else quota.key_limits(call.principal, call.model)
     max_wait = max((r.max_wait_seconds for r in plan.routes), default=0.0)
     deadline = clock.now() + max_wait
     tried: set[int] = set()
@@ -162,24 +206,32 @@ async def _wait_for_slot(
             await asyncio.sleep(min(max(result.retry_after, 0.01), settings.QUOTA_WAIT_POLL_SECONDS))
 
 
+def _rate_limited(error: UpstreamError) -> bool:
+    return error.status == 429 or error.upstream_status == 429
+
+
 async def note_failure(route: Route, error: UpstreamError) -> None:
     """Park a deployment: until the provider's reset on a per-day 429, for its delay on other 429s, and with
-    growing backoff when it keeps failing otherwise (never forever)."""
-    if error.status == 429 or error.upstream_status == 429:
+    growing backoff when it keeps failing otherwise (never forever). The config's router_settings
+    cooldown_time (a fixed pause) and allowed_fails (failures in a row before one) replace the defaults."""
+    policy = (await catalog.get()).policy
+    if _rate_limited(error):
         if error.per_day:
             _, reset_at = quota.window(Limit("deployment", str(route.id), "", "rpd", 1, route.reset_timezone),
                                        clock.now())
             seconds = reset_at - clock.now()
         else:
-            seconds = error.retry_after_seconds or settings.QUOTA_DEFAULT_COOLDOWN_SECONDS
+            seconds = error.retry_after_seconds or policy.cooldown_time or settings.QUOTA_DEFAULT_COOLDOWN_SECONDS
         await quota.park(route.id, seconds)
         log.info("deployment %s parked for %.0fs after a provider 429", route.id, seconds)
         return
     if not error.retryable:
         return
     failures = _failures[route.id] = _failures.get(route.id, 0) + 1
-    if failures >= 2:
-        seconds = min(2.0 ** (failures - 2), settings.QUOTA_MAX_BACKOFF_SECONDS)
+    allowed = 1 if policy.allowed_fails is None else policy.allowed_fails
+    if failures > allowed:
+        seconds = policy.cooldown_time if policy.cooldown_time is not None else \
+            min(2.0 ** (failures - allowed - 1), settings.QUOTA_MAX_BACKOFF_SECONDS)
         await quota.park(route.id, seconds)
         log.info("deployment %s parked for %.0fs after %d failures", route.id, seconds, failures)
 
@@ -188,22 +240,54 @@ def note_success(route: Route) -> None:
     _failures.pop(route.id, None)
 
 
+async def _retry(route: Route, error: UpstreamError, attempt: int, body: dict[str, Any], call: Call) -> bool:
+    """Whether to call the same deployment again: a retryable failure other than a 429, retries left, and room
+    in its quota for one more call (a retry is a request the provider counts)."""
+    if not error.retryable or _rate_limited(error) or attempt >= route.num_retries:
+        return False
+    admission = await quota.try_admit(route.limits, route.id, quota.estimate_tokens(body))
+    if not isinstance(admission, Admission):
+        return False
+    call.admissions.append(admission)
+    return True
+
+
 async def complete(upstream: Upstream, plan: Plan, body: dict[str, Any], call: Call) -> dict[str, Any]:
-    """Try admitted deployments in order; a retryable failure moves on, a client error stops."""
+    """Try admitted deployments in order; a retryable failure moves on, a client error stops (unless the prompt
+    was too long and the model has context_window_fallbacks)."""
+    try:
+        return await _complete(upstream, plan, body, call)
+    except UpstreamError as e:
+        fallback = _context_window_fallback(e, plan)
+        if not fallback:
+            raise
+        log.info("model %s: prompt too long, trying its context_window_fallbacks", call.model)
+        return await _complete(upstream, fallback, body, call, key_counted=True)
+
+
+async def _complete(upstream: Upstream, plan: Plan, body: dict[str, Any], call: Call,
+                    key_counted: bool = False) -> dict[str, Any]:
     error: UpstreamError | None = None
-    async for route in candidates(plan, body, call):
-        call.route, call.attempts = route, call.attempts + 1
-        try:
-            result = await upstream.complete(route, body)
-        except UpstreamError as e:
-            await note_failure(route, e)
-            if not e.retryable:
-                raise
-            log.info("deployment %s failed (%s), trying the next", route.id, e.status)
-            error = e
-            continue
-        note_success(route)
-        return result
+    async for route in candidates(plan, body, call, key_counted=key_counted):
+        attempt = 0
+        while True:
+            call.route, call.attempts = route, call.attempts + 1
+            try:
+                result = await within(route.timeout, route, upstream.complete(route, body))
+            except UpstreamError as e:
+                error = e
+                # A request's retries are one failure of the deployment (parking is for the requests after it).
+                if e.retryable and await _retry(route, e, attempt, body, call):
+                    attempt += 1
+                    log.info("deployment %s failed (%s), calling it again", route.id, e.status)
+                    continue
+                await note_failure(route, e)
+                if not e.retryable:
+                    raise
+                log.info("deployment %s failed (%s), trying the next", route.id, e.status)
+                break
+            note_success(route)
+            return result
     assert error is not None
     raise error
 
@@ -212,24 +296,44 @@ async def open_stream(
     upstream: Upstream, plan: Plan, body: dict[str, Any], call: Call
 ) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
     """Start a stream and read its first chunk, so fallback happens before the client sees a byte."""
+    try:
+        return await _open_stream(upstream, plan, body, call)
+    except UpstreamError as e:
+        fallback = _context_window_fallback(e, plan)
+        if not fallback:
+            raise
+        log.info("model %s: prompt too long, trying its context_window_fallbacks", call.model)
+        return await _open_stream(upstream, fallback, body, call, key_counted=True)
+
+
+async def _open_stream(
+    upstream: Upstream, plan: Plan, body: dict[str, Any], call: Call, key_counted: bool = False
+) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
     error: UpstreamError | None = None
-    async for route in candidates(plan, body, call):
-        call.route, call.attempts = route, call.attempts + 1
-        chunks = upstream.stream(route, body)
-        try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
+    async for route in candidates(plan, body, call, key_counted=key_counted):
+        attempt = 0
+        while True:
+            call.route, call.attempts = route, call.attempts + 1
+            chunks = upstream.stream(route, body)
+            try:
+                # The stream timeout bounds the first chunk only; later silences are STREAM_IDLE_TIMEOUT's.
+                first = await within(route.stream_timeout, route, anext(chunks))
+            except StopAsyncIteration:
+                note_success(route)
+                return None, chunks
+            except UpstreamError as e:
+                await chunks.aclose()  # type: ignore[attr-defined]
+                error = e
+                if e.retryable and await _retry(route, e, attempt, body, call):
+                    attempt += 1
+                    log.info("deployment %s failed (%s), calling it again", route.id, e.status)
+                    continue
+                await note_failure(route, e)
+                if not e.retryable:
+                    raise
+                log.info("deployment %s failed (%s), trying the next", route.id, e.status)
+                break
             note_success(route)
-            return None, chunks
-        except UpstreamError as e:
-            await chunks.aclose()  # type: ignore[attr-defined]
-            await note_failure(route, e)
-            if not e.retryable:
-                raise
-            log.info("deployment %s failed (%s), trying the next", route.id, e.status)
-            error = e
-            continue
-        note_success(route)
-        return first, chunks
+            return first, chunks
     assert error is not None
     raise error

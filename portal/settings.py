@@ -17,10 +17,18 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 
+from portal import envfile
+
 # Lets admin classes be written ModelAdmin[Model] for mypy at run time too.
 django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Before any variable is read: the operator's .env (or PORTAL_ENV_FILE), under what the environment already sets.
+try:
+    ENV_FILE = envfile.load()
+except envfile.EnvFileError as e:
+    raise ImproperlyConfigured(str(e)) from None
 
 # LiteLLM fetches its model cost map from the internet at import unless told not
 # to; we never want network at import (offline CI, slow first request).
@@ -132,8 +140,28 @@ if not SECRET_KEY:
         raise ImproperlyConfigured("SECRET_KEY (or SECRET_KEY_FILE) is required when DEBUG is off")
     SECRET_KEY, _ = generated_secret(DATA_DIR, "secret_key")
 
-# The master key keeps the LiteLLM name so an existing .env works unchanged.
-MASTER_KEY = envsecret("LITELLM_MASTER_KEY")
+# LiteLLM config to import at start (LiteLLM's config.yaml format).
+PORTAL_CONFIG = envstr("PORTAL_CONFIG", str(Path.cwd() / "config.yaml"))
+
+
+def master_key_from_config(path: str) -> str:
+    """LiteLLM's general_settings.master_key in the config file: a literal key, or os.environ/NAME. The file is
+    validated (with lines) by the import at start; here a file that does not parse simply has no key."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return ""
+    general = data.get("general_settings") if isinstance(data, dict) else None
+    value = general.get("master_key") if isinstance(general, dict) else None
+    if not isinstance(value, str):
+        return ""
+    return os.environ.get(value.removeprefix("os.environ/"), "") if value.startswith("os.environ/") else value
+
+
+# The master key keeps the LiteLLM name so an existing .env works unchanged; LiteLLM's config may name it too.
+MASTER_KEY = envsecret("LITELLM_MASTER_KEY") or master_key_from_config(PORTAL_CONFIG)
 if not MASTER_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("LITELLM_MASTER_KEY is required when DEBUG is off")
@@ -265,8 +293,6 @@ MAX_UPSTREAM_RESPONSE_BYTES = envint("MAX_UPSTREAM_RESPONSE_BYTES", str(50 * 102
 PASSTHROUGH = envbool("PASSTHROUGH", "True")
 # A stream whose provider sends nothing for this long (seconds) is ended with an error event.
 STREAM_IDLE_TIMEOUT = envfloat("STREAM_IDLE_TIMEOUT", "120")
-# LiteLLM config to import at start (LiteLLM's config.yaml format).
-PORTAL_CONFIG = envstr("PORTAL_CONFIG", str(Path.cwd() / "config.yaml"))
 # How often (seconds) a worker checks whether the admin changed the catalog.
 CATALOG_REFRESH_SECONDS = envfloat("CATALOG_REFRESH_SECONDS", "1")
 # How OpenRouter attributes our traffic (HTTP-Referer / X-Title); LiteLLM's OR_SITE_URL / OR_APP_NAME also work.

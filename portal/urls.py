@@ -4,8 +4,12 @@ from django.urls import include, path, re_path
 from django.views.static import serve
 
 from accounts.views import admin_login
+from portal import views
 
 urlpatterns = [
+    path("", views.landing, name="landing"),
+    # LiteLLM Proxy's web UI address: bookmarks and habits land on the admin login.
+    re_path(r"^ui(?:/(?P<rest>.*))?$", views.ui_redirect),
     # Before admin.site.urls: the admin's login, throttled per IP and username.
     path("admin/login/", admin_login),
     path("admin/", admin.site.urls),

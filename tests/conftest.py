@@ -32,6 +32,19 @@ pytest_plugins = ["tests.secret_guard"]  # every log record of the session, chec
 
 
 def pytest_configure(config: Any) -> None:
+    refuse_a_developers_env_file()
+    remove_stale_sqlite_files()
+
+
+def refuse_a_developers_env_file() -> None:
+    """A developer's own .env in the checkout (the README's quick start puts provider keys there) would change
+    what the tests see, and pytest-django loads the settings before any conftest could stop it."""
+    if settings.ENV_FILE is not None and str(settings.ENV_FILE) != os.devnull:
+        pytest.exit(f"the settings read {settings.ENV_FILE}: run the tests with PORTAL_ENV_FILE=/dev/null "
+                    "(`make test` does), so your .env does not reach them", returncode=4)
+
+
+def remove_stale_sqlite_files() -> None:
     """Remove SQLite test files of finished runs: pytest-django deletes the file but not its WAL side
     files, and a stale WAL corrupts the next database of that name."""
     db = settings.DATABASES["default"]

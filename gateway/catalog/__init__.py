@@ -58,6 +58,11 @@ class Route:
     limits: tuple[Limit, ...] = ()
     # The provider's own egress proxy ("" = HTTPS_PROXY/HTTP_PROXY/NO_PROXY decide; see gateway.upstreams.client).
     proxy_url: str = field(default="", repr=False)
+    # Seconds for the whole answer, and for a stream's first chunk; calls again after a failure (RouterPolicy
+    # fills what the deployment leaves empty).
+    timeout: float = 600.0
+    stream_timeout: float = 600.0
+    num_retries: int = 0
 
     @property
     def mode(self) -> str:
@@ -72,11 +77,26 @@ class Route:
 
 
 @dataclass(frozen=True)
+class RouterPolicy:
+    """What an imported LiteLLM config's router_settings / litellm_settings say for every deployment."""
+
+    timeout: float | None = None  # router_settings.timeout, else litellm_settings.request_timeout
+    num_retries: int = 0  # router_settings.num_retries, else litellm_settings.num_retries
+    cooldown_time: float | None = None  # how long a failing deployment is parked
+    allowed_fails: int | None = None  # failures in a row before it is parked
+    drop_params: bool = False  # litellm_settings.drop_params: LiteLLM drops what a provider does not take
+    # Model -> models tried when the first one's deployments all failed or were refused (fallbacks), or when
+    # the provider said the prompt is longer than the model's context window (context_window_fallbacks).
+    fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    context_window_fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Snapshot:
     by_name: dict[str, tuple[Route, ...]]
     created: int  # unix time, shown as "created" in /v1/models
-    # Cross-name fallbacks from an imported LiteLLM config: {"a": ["b", "c"]}.
-    fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # The imported config's router settings: timeouts, retries, cross-name fallbacks ({"a": ["b", "c"]}), ...
+    policy: RouterPolicy = field(default_factory=RouterPolicy)
 
     def routes(self, public_name: str) -> tuple[Route, ...]:
         return self.by_name.get(public_name, ())
@@ -103,17 +123,24 @@ def build_snapshot() -> Snapshot:
         .select_related("provider", "pool")
         .order_by("public_name", "priority", "id")
     )
+    policy = load_policy()
     for d in rows:
-        route = route_for(d)
+        route = route_for(d, policy)
         by_name.setdefault(d.public_name, []).append(route)
-    return Snapshot({k: tuple(v) for k, v in by_name.items()}, created=int(time.time()), fallbacks=load_fallbacks())
+    return Snapshot({k: tuple(v) for k, v in by_name.items()}, created=int(time.time()), policy=policy)
 
 
-def route_for(d: Any) -> Route:
+def route_for(d: Any, policy: RouterPolicy | None = None) -> Route:
     """One deployment (with its provider and pool loaded) as a Route; also for the admin's Test action."""
     from gateway.upstreams import providers
 
+    policy = policy or load_policy()
     p = d.provider
+    # UPSTREAM_TIMEOUT is the default and the ceiling: the upstream clients bound every call by it too.
+    timeout = min(d.timeout or policy.timeout or settings.UPSTREAM_TIMEOUT, settings.UPSTREAM_TIMEOUT)
+    params = providers.merge_params(p.extra, d.litellm_params)
+    if policy.drop_params:
+        params = {"drop_params": True, **params}
     try:
         api_key = p.api_key()
     except ValueError:
@@ -129,7 +156,7 @@ def route_for(d: Any) -> Route:
         litellm_model=d.litellm_model(),
         api_base=providers.api_base_for(p),
         api_key=api_key,
-        params=providers.merge_params(p.extra, d.litellm_params),
+        params=params,
         model_info=d.model_info,
         rpm=d.rpm,
         tpm=d.tpm,
@@ -139,6 +166,10 @@ def route_for(d: Any) -> Route:
         max_wait_seconds=d.max_wait_seconds,
         limits=deployment_limits(d),
         proxy_url=p.proxy_url,
+        timeout=timeout,
+        # LiteLLM's rule: a stream without its own stream_timeout starts within the timeout.
+        stream_timeout=min(d.stream_timeout, settings.UPSTREAM_TIMEOUT) if d.stream_timeout else timeout,
+        num_retries=d.num_retries if d.num_retries is not None else policy.num_retries,
     )
 
 
@@ -158,13 +189,36 @@ def deployment_limits(d: Any) -> tuple[Limit, ...]:
     return tuple(limits)
 
 
-def load_fallbacks() -> dict[str, tuple[str, ...]]:
-    """LiteLLM's `fallbacks: [{"a": ["b"]}]`, from router_settings or litellm_settings."""
+def load_policy() -> RouterPolicy:
+    """The router's settings from the imported config (values were type-checked at import)."""
     from gateway.models import ConfigSetting
 
+    sections = {row.key: row.value for row in ConfigSetting.objects.filter(key__in=["router_settings",
+                                                                                 "litellm_settings"])}
+    router, general = (value if isinstance(value := sections.get(key), dict) else {}
+                       for key in ("router_settings", "litellm_settings"))
+
+    def first(*values: Any) -> Any:
+        return next((v for v in values if v is not None and not isinstance(v, bool)), None)
+
+    timeout = first(router.get("timeout"), general.get("request_timeout"))
+    retries = first(router.get("num_retries"), general.get("num_retries"))
+    cooldown, fails = first(router.get("cooldown_time")), first(router.get("allowed_fails"))
+    return RouterPolicy(
+        timeout=float(timeout) if timeout else None,
+        num_retries=int(retries or 0),
+        cooldown_time=float(cooldown) if cooldown is not None else None,
+        allowed_fails=int(fails) if fails is not None else None,
+        drop_params=general.get("drop_params") is True,
+        fallbacks=_fallbacks(router.get("fallbacks"), general.get("fallbacks")),
+        context_window_fallbacks=_fallbacks(router.get("context_window_fallbacks"),
+                                            general.get("context_window_fallbacks")),
+    )
+
+
+def _fallbacks(*sections: Any) -> dict[str, tuple[str, ...]]:
     out: dict[str, tuple[str, ...]] = {}
-    for row in ConfigSetting.objects.filter(key__in=["router_settings", "litellm_settings"]):
-        entries = row.value.get("fallbacks") if isinstance(row.value, dict) else None
+    for entries in sections:
         for entry in entries if isinstance(entries, list) else []:
             if not isinstance(entry, dict):
                 continue

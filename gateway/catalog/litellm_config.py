@@ -36,8 +36,25 @@ KIND_BY_PREFIX: dict[str, str] = {
     "anthropic": ProviderKind.ANTHROPIC,
 }
 LIMIT_KEYS = ("rpm", "tpm", "rpd")
+# Per-deployment timeouts (seconds) and retries: columns the router honours, written back on export.
+TIMEOUT_KEYS = ("timeout", "stream_timeout")
+RETRY_KEYS = ("num_retries", "max_retries")  # LiteLLM's two names for it; stored once, exported as num_retries
 # litellm_params keys that become columns; every other key is kept in Deployment.litellm_params.
-COLUMN_PARAMS = ("model", "api_base", "api_key", *LIMIT_KEYS)
+COLUMN_PARAMS = ("model", "api_base", "api_key", *LIMIT_KEYS, *TIMEOUT_KEYS, *RETRY_KEYS)
+# The settings the router honours, by section, with the type each value must have (checked at import, so a
+# mistake is refused with its line instead of being ignored at request time).
+NUMBER = "a positive number of seconds"
+COUNT = "a non-negative integer"
+FLAG = "true or false"
+TEXT = "a string"
+FALLBACKS = "a list of {model: [fallback models]}"
+HONOURED_SETTINGS: dict[str, dict[str, str]] = {
+    "router_settings": {"timeout": NUMBER, "num_retries": COUNT, "fallbacks": FALLBACKS,
+                        "context_window_fallbacks": FALLBACKS, "cooldown_time": NUMBER, "allowed_fails": COUNT},
+    "litellm_settings": {"request_timeout": NUMBER, "num_retries": COUNT, "drop_params": FLAG,
+                         "fallbacks": FALLBACKS, "context_window_fallbacks": FALLBACKS},
+    "general_settings": {"master_key": TEXT},
+}
 ENTRY_KEYS = ("model_name", "litellm_params", "model_info")
 
 
@@ -163,6 +180,7 @@ class Entry:
     api_base: str
     api_key: str
     limits: dict[str, int | None]
+    timeouts: dict[str, float | int | None]  # timeout, stream_timeout, num_retries
     params: dict[str, Any]
     model_info: dict[str, Any]
     extra: dict[str, Any]
@@ -189,8 +207,14 @@ def _parse(data: Any, source: str) -> tuple[list[Entry], dict[str, Any]]:
         models = []  # LiteLLM accepts a config without models (e.g. settings only)
     elif not isinstance(models, list):
         _fail(source, _key_line(data, "model_list"), f"model_list must be a list of models, got {_got(models)}")
+    if "include" in data:
+        # LiteLLM merges the listed files in; the portal imports one file, and dropping their models silently
+        # would leave requests for them answering 404.
+        _fail(source, _key_line(data, "include"), "include is not supported: the portal imports one file; put the "
+              "included files' model_list entries and settings into this one")
     entries = [_parse_entry(i, item, _item_line(models, i), source) for i, item in enumerate(models)]
     _reject_repeats(entries, source)
+    _check_settings(data, source)
     settings: dict[str, Any] = {}
     for key, value in data.items():
         if key == "model_list":
@@ -216,6 +240,10 @@ def _parse_entry(index: int, item: Any, item_line: int | None, source: str) -> E
     if not isinstance(params, dict):
         _fail(source, params_line, f"{params_path} must be a mapping, got {_got(params)}")
     model = _text(params, "model", params_path, source, None, required=True, line=params_line)
+    if "litellm_credential_name" in params:
+        # A key from LiteLLM's credential_list (kept in its database): without it the deployment has no key.
+        _fail(source, _key_line(params, "litellm_credential_name", params_line),
+              f"{params_path}.litellm_credential_name is not supported: give the key as api_key: os.environ/NAME")
     api_base = _text(params, "api_base", params_path, source, MAX_API_BASE, line=params_line)
     api_key = _text(params, "api_key", params_path, source, None, line=params_line, secret=True)
     if api_key.startswith(ENV_PREFIX) and len(api_key) > MAX_CREDENTIAL_REF:
@@ -238,6 +266,7 @@ def _parse_entry(index: int, item: Any, item_line: int | None, source: str) -> E
         api_base=api_base,
         api_key=api_key,
         limits={key: _limit(params, key, params_path, source) for key in LIMIT_KEYS},
+        timeouts=_timeouts(params, params_path, source),
         params={k: _plain(v) for k, v in params.items() if k not in COLUMN_PARAMS},
         model_info=_plain(model_info or {}),
         extra={k: _plain(v) for k, v in item.items() if k not in ENTRY_KEYS},
@@ -281,6 +310,69 @@ def _limit(params: dict[str, Any], key: str, path: str, source: str) -> int | No
     if value > MAX_LIMIT:
         _fail(source, _key_line(params, key), f"{path}.{key} must be at most {MAX_LIMIT}, got {value}")
     return value
+
+
+def _timeouts(params: dict[str, Any], path: str, source: str) -> dict[str, float | int | None]:
+    values: dict[str, float | int | None] = {key: _seconds(params, key, path, source) for key in TIMEOUT_KEYS}
+    retries = [_count(params, key, path, source) for key in RETRY_KEYS if params.get(key) is not None]
+    if len(set(retries)) > 1:
+        _fail(source, _key_line(params, "max_retries"), f"{path} has num_retries and max_retries that differ; "
+              "the portal has one retry count per deployment")
+    values["num_retries"] = retries[0] if retries else None
+    return values
+
+
+def _seconds(mapping: dict[str, Any], key: str, path: str, source: str) -> float | None:
+    value = mapping.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        _fail(source, _key_line(mapping, key), f"{path}.{key} must be {NUMBER}, got {_got(value)}")
+    return float(value)
+
+
+def _count(mapping: dict[str, Any], key: str, path: str, source: str) -> int | None:
+    value = mapping.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        _fail(source, _key_line(mapping, key), f"{path}.{key} must be {COUNT} (at most 100), got {_got(value)}")
+    return value
+
+
+def _check_settings(data: dict[str, Any], source: str) -> None:
+    """The honoured settings' values have the types the router needs; other keys are kept as they are."""
+    for section, keys in HONOURED_SETTINGS.items():
+        values = data.get(section)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            _fail(source, _key_line(data, section), f"{section} must be a mapping, got {_got(values)}")
+        for key, kind in keys.items():
+            if values.get(key) is None:
+                continue
+            path = f"{section}.{key}"
+            if kind == NUMBER:
+                _seconds(values, key, section, source)
+            elif kind == COUNT:
+                _count(values, key, section, source)
+            elif kind == FLAG and not isinstance(values[key], bool):
+                _fail(source, _key_line(values, key), f"{path} must be {FLAG}, got {_got(values[key])}")
+            elif kind == TEXT and not isinstance(values[key], str):
+                _fail(source, _key_line(values, key), f"{path} must be {TEXT}, got {type(values[key]).__name__}")
+            elif kind == FALLBACKS:
+                _check_fallbacks(values, key, path, source)
+
+
+def _check_fallbacks(values: dict[str, Any], key: str, path: str, source: str) -> None:
+    entries = values[key]
+    ok = isinstance(entries, list) and all(
+        isinstance(entry, dict) and all(
+            isinstance(targets, str) or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))
+            for targets in entry.values())
+        for entry in entries)
+    if not ok:
+        _fail(source, _key_line(values, key), f"{path} must be {FALLBACKS}, e.g. [{{\"gpt-4o\": [\"gpt-4o-mini\"]}}]")
 
 
 def _reject_repeats(entries: list[Entry], source: str) -> None:
@@ -463,6 +555,7 @@ def _upsert_deployment(
     # enabled is deliberately not in here: re-importing must not re-enable what an operator switched off.
     values: dict[str, Any] = {
         **entry.limits,
+        **entry.timeouts,
         "litellm_params": entry.params,
         "model_info": entry.model_info,
         "extra": entry.extra,
@@ -533,9 +626,11 @@ def _export_entry(deployment: Deployment, include_secrets: bool) -> dict[str, An
     api_key = _export_api_key(provider, include_secrets)
     if api_key:
         params["api_key"] = api_key
-    for key in LIMIT_KEYS:
-        if getattr(deployment, key) is not None:
-            params[key] = getattr(deployment, key)
+    for key in (*LIMIT_KEYS, *TIMEOUT_KEYS, "num_retries"):
+        value = getattr(deployment, key)
+        if value is not None:
+            # 2.0 seconds was written 2: keep the file as the operator wrote it.
+            params[key] = int(value) if isinstance(value, float) and value.is_integer() else value
     # Provider-wide extras apply to every call (as in the catalog), so they belong in each entry.
     extras = {**provider.extra, **deployment.litellm_params}
     params.update({k: v for k, v in _secrets_filter(extras, include_secrets).items() if k not in COLUMN_PARAMS})
