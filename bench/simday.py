@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import datetime as dt
 import os
 import random
@@ -63,11 +64,15 @@ OUTAGE = ("github_models", 14.0, 15.0)  # provider, from, to (simulated UTC hour
 GEMINI_KEY = "gemini-test-key-0123456789"  # what tests/mock_gemini.py accepts
 MAX_TOKENS = 200
 # While requests wait for a slot in the portal, the clock moves in steps of this many simulated seconds.
-WAIT_STEP = 3.0
+WAIT_STEP = 5.0
 # A request the mocks have not seen this long after it was sent (and after the last jump) waits in the portal.
-HOLD = 0.25
+# Long enough for a request the portal admitted to reach its mock on a busy 2-core box: were the clock to jump
+# while one is on its way, the mock would count it later than the portal did.
+HOLD = 1.0
 # The portal counts a request for the rest of its second plus 60 s (README, "Sliding minutes").
 PORTAL_MINUTE = 61.0
+# A request the portal admitted just before refusing another may reach its mock up to this much later.
+PORTAL_GRACE = 1.0
 
 
 # --- the simulated clock -----------------------------------------------------------------------------------------
@@ -144,6 +149,23 @@ class ModelLedger:
             return "tpm"
         return None
 
+    def room_at(self, at: float, tokens: int) -> bool:
+        """Whether, after the run, one more request fits at simulated time `at`: by the requests received up to
+        PORTAL_GRACE after it (those the portal admitted just before `at` were still on their way), in the last
+        PORTAL_MINUTE, and in the provider's day so far."""
+        lim = self.limits
+        times = [e.at for e in self.accepted]  # in arrival order, and the clock only moves forward
+        hi = bisect.bisect_right(times, at + PORTAL_GRACE)
+        if lim.rpd is not None:
+            tz = zoneinfo.ZoneInfo(lim.tz)
+            midnight = dt.datetime.combine(self.day(at), dt.time(), tz).timestamp()
+            if hi - bisect.bisect_left(times, midnight) + 1 > lim.rpd:
+                return False
+        recent = self.accepted[bisect.bisect_right(times, at - PORTAL_MINUTE):hi]
+        if lim.rpm is not None and len(recent) + 1 > lim.rpm:
+            return False
+        return lim.tpm is None or sum(e.tokens for e in recent) + tokens <= lim.tpm
+
     def accept(self, at: float, tokens: int, sim_id: int) -> None:
         self.accepted.append(Accepted(at, tokens, sim_id))
         self.per_day[self.day(at)] += 1
@@ -160,6 +182,7 @@ class Arrival:
     model: str
     sim_id: int
     verdict: str  # served | over-rpm | over-tpm | over-rpd | outage
+    real: float = field(default_factory=time.monotonic)
 
 
 class World:
@@ -212,7 +235,7 @@ class World:
         ledger = self.ledgers.get((provider, model))
         if ledger is None or self.recovering(provider, at):
             return False
-        return ledger.exceeded(at, tokens, minute=PORTAL_MINUTE) is None
+        return ledger.room_at(at, tokens)
 
 
 Refusal = tuple[dict[str, Any], dict[str, str]]  # a 429's body and headers
@@ -487,6 +510,7 @@ class Driver:
         self.last_jump = time.monotonic()
         self.pending_checks: list[tuple[Outcome, float, float]] = []  # (outcome, sim time of the 429, real time)
         self.tasks: set[asyncio.Task[None]] = set()
+        self.jumps: list[tuple[float, float, float]] = []  # (real time, simulated from, simulated to)
 
     def body(self, p: Planned) -> dict[str, Any]:
         mark = f"[sim:{p.sim_id}{':long' if p.long else ''}]"
@@ -534,19 +558,15 @@ class Driver:
         else:
             o.refusal = "no-room"
 
-    def check_refusals(self, force: bool = False) -> None:
+    def check_refusals(self) -> None:
         """A refusal was avoidable if, by the mocks' counts, some deployment of the group had room then (the
-        key's own limits aside). Checked a moment later, so requests admitted just before it have arrived."""
-        keep = []
-        for o, at, real in self.pending_checks:
-            if not force and time.monotonic() - real < 0.05:
-                keep.append((o, at, real))
-                continue
+        key's own limits aside). Checked after the run, with the requests that reached the mocks just after it."""
+        for o, at, _ in self.pending_checks:
             if o.refusal != "key":
                 tokens = len(orjson.dumps(self.body(o.planned))) // 4 + 8
                 o.avoidable = [f"{provider}:{model}" for provider, model in self.routes.get(o.planned.model, [])
                                if self.world.has_room(provider, model, at, tokens)]
-        self.pending_checks = keep
+        self.pending_checks = []
 
     def quiet(self) -> bool:
         """Nothing between the portal's admission and a mock's receipt: every request in flight has reached a
@@ -561,7 +581,7 @@ class Driver:
             if o.planned.model in self.may_wait and now - (seen or sent) >= HOLD and now - self.last_jump >= HOLD:
                 continue  # waiting for a slot in the portal (or parked after a failed attempt)
             return False
-        return not self.pending_checks
+        return True
 
     def waiting(self) -> bool:
         return any(o.planned.model in self.may_wait and (sim_id not in self.world.seen or
@@ -584,7 +604,6 @@ class Driver:
                 await asyncio.sleep(0.002)
                 deadline = time.monotonic() + 60
                 while not self.quiet():
-                    self.check_refusals()
                     await asyncio.sleep(0.002)
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"the portal kept {len(self.inflight)} requests for a minute of real time")
@@ -592,8 +611,10 @@ class Driver:
                 if self.waiting():
                     target = min(target, self.clock.now() + WAIT_STEP)
                 if target > self.clock.now():
+                    before = self.clock.now()
                     self.clock.jump_to(min(target, end + 600))
                     self.last_jump = time.monotonic()
+                    self.jumps.append((self.last_jump, before, self.clock.now()))
                 hour = int((self.clock.now() - start) // 3600)
                 if progress and hour != last_hour:
                     last_hour = hour
@@ -601,7 +622,7 @@ class Driver:
                           f"{len(self.outcomes)} sent, {len(self.inflight)} in flight", flush=True)
             if self.tasks:
                 await asyncio.gather(*self.tasks)
-            self.check_refusals(force=True)
+            self.check_refusals()
         served_at = {a.sim_id: a.at for a in self.world.arrivals if a.verdict == "served"}
         for o in self.outcomes:
             if o.planned.sim_id in served_at:
@@ -834,9 +855,17 @@ async def simulate(args: argparse.Namespace) -> dict[str, Any]:
         ids.write_text("\n".join(o.request_id for o in driver.outcomes if o.request_id))
         usage = django_json(env, "usage", "--run", run, "--ids", str(ids),
                             "--export-timeout", "30" if args.mlflow else "0")
+        compared = None
+        day_arrivals = list(world.arrivals)
+        if args.litellm:
+            stage("side-by-side burst")
+            compared = await side_by_side(args, children, world, clock, portal, setup["keys"]["coding-agent"],
+                                          setup, urls, run_dir)
+        world.arrivals = day_arrivals  # the day's figures are the day's alone
         for mock in mocks.values():
             await mock.aclose()
     figures = summarize(driver, world, usage, setup, args, start)
+    figures["side_by_side"] = compared
     figures["real_seconds"] = round(time.monotonic() - started, 1)
     figures["traffic_seconds"] = round(traffic_seconds, 1)
     figures["compression"] = round(args.hours * 3600 / max(traffic_seconds, 1.0), 1)
@@ -865,6 +894,91 @@ async def warm_up(portal: str, key: str, run: str, clock: SimClock) -> None:
             clock.jump_to(clock.now() + 120)
 
 
+# --- the side-by-side burst: the portal and LiteLLM Proxy on the same mocks -----------------------------------
+
+# Requests sent at once, in real time, for models with no wait-for-slot: more than each deployment (or group)
+# allows in a minute. LiteLLM Proxy counts minutes in real time, so it cannot run the day on the moved clock;
+# this burst is what both can be given alike.
+BURST: tuple[tuple[str, int], ...] = (
+    ("anthropic/claude-sonnet-4.5", 14), ("anthropic/claude-opus-4.5", 6), ("gpt-4.1", 16), ("gemini-2.5-pro", 14),
+    ("google/gemini-2.0-flash", 20),
+)
+LITELLM_BIN = ROOT / ".venv-litellm" / "bin" / "litellm"
+
+
+async def burst(world: World, url: str, key: str) -> dict[str, Any]:
+    """Send the burst; how many requests each gateway served, refused, and sent beyond a provider's limit."""
+    import httpx
+
+    first = len(world.arrivals)
+    async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=200)) as client:
+        responses = await asyncio.gather(*(
+            client.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                        json={"model": model, "max_tokens": MAX_TOKENS,
+                              "messages": [{"role": "user", "content": f"burst {i}"}]})
+            for model, count in BURST for i in range(count)), return_exceptions=True)
+    await asyncio.sleep(0.5)
+    arrivals = world.arrivals[first:]
+    statuses = Counter(r.status_code if not isinstance(r, BaseException) else type(r).__name__ for r in responses)
+    return {"sent": len(responses), "statuses": {str(k): v for k, v in statuses.items()},
+            "reached_mocks": len(arrivals),
+            "beyond_limit": sum(1 for a in arrivals if a.verdict.startswith("over-")),
+            "beyond_by_model": dict(Counter(f"{a.provider}:{a.model}" for a in arrivals
+                                            if a.verdict.startswith("over-")))}
+
+
+def litellm_config(setup: dict[str, Any], urls: dict[str, str], path: Path) -> str:
+    """The burst's models as a LiteLLM Proxy config: the same deployments, rpm and tpm (LiteLLM has no rpd),
+    each provider reached as LiteLLM reaches an OpenAI-compatible server or Gemini at a given api_base."""
+    limits = {(r["provider"], r["model"]): r for r in setup["limits"]}
+    model_list = []
+    for public, _ in BURST:
+        for provider, upstream in setup["routes"][public]:
+            row = limits[(provider, upstream)]
+            params: dict[str, Any] = {"model": f"gemini/{upstream}" if provider == "gemini" else f"openai/{upstream}",
+                                      "api_base": urls[provider],
+                                      "api_key": GEMINI_KEY if provider == "gemini" else "sk-simulated"}
+            params |= {k: row[k] for k in ("rpm", "tpm") if row[k] is not None}
+            model_list.append({"model_name": public, "litellm_params": params})
+    master = "sk-simday-litellm-" + secrets.token_urlsafe(12)
+    config = {"model_list": model_list,
+              # The strategy that counts rpm/tpm per deployment; with the default (simple-shuffle) they only weigh.
+              "router_settings": {"routing_strategy": "usage-based-routing-v2", "num_retries": 0},
+              "general_settings": {"master_key": master}, "litellm_settings": {"telemetry": False}}
+    path.write_text(orjson.dumps(config).decode())  # JSON is YAML
+    return master
+
+
+async def side_by_side(args: argparse.Namespace, children: Any, world: World, clock: SimClock, portal: str,
+                       key: str, setup: dict[str, Any], urls: dict[str, str], run_dir: Path) -> dict[str, Any]:
+    from bench.procs import free_port
+
+    out: dict[str, Any] = {}
+    # A fresh day for each gateway, far from the simulated one: every window starts empty at the mocks too.
+    clock.jump_to(clock.now() + 2 * 86400)
+    out["portal"] = await burst(world, portal, key)
+    binary = Path(args.litellm_bin)
+    if not binary.is_file():
+        out["litellm"] = {"skipped": f"{binary} not found (make bench-litellm installs it)"}
+        return out
+    config = run_dir / "litellm.yaml"
+    master = litellm_config(setup, urls, config)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")}
+    env.update(LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_LOG="ERROR", PYTHONUNBUFFERED="1")
+    # Two workers and no Redis, as the user's compose file runs it.
+    proxy = children.start("litellm", [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port",
+                                       str(port), "--num_workers", "2", "--run_gunicorn"], env)
+    try:
+        await asyncio.to_thread(proxy.wait_http, f"http://127.0.0.1:{port}/health/liveliness", 240)
+    except RuntimeError as e:
+        out["litellm"] = {"skipped": f"LiteLLM Proxy did not start: {str(e)[:300]}"}
+        return out
+    clock.jump_to(clock.now() + 86400)
+    out["litellm"] = await burst(world, f"http://127.0.0.1:{port}", master)
+    return out
+
+
 # --- figures, report, plot ---------------------------------------------------------------------------------------
 
 
@@ -873,6 +987,24 @@ def pct(values: list[float], q: float) -> float | None:
         return None
     values = sorted(values)
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def overstep_detail(a: Arrival, world: World, driver: Driver) -> dict[str, Any]:
+    """An overstep with the accepted requests it collided with: when each reached the mock, and whether a clock
+    jump came between its sending and its arrival (then the portal may have admitted it before the jump)."""
+    ledger = world.ledgers[(a.provider, a.model)]
+    sent = {o.planned.sim_id: o for o in driver.outcomes}
+
+    def crossed(e: Accepted) -> bool:
+        o = sent.get(e.sim_id)
+        arrival = next((x for x in world.arrivals if x.sim_id == e.sim_id and x.verdict == "served"), None)
+        return bool(o and arrival and any(o.sent_sim < frm and real <= arrival.real
+                                          for real, frm, _ in driver.jumps))
+
+    window = [e for e in ledger.window(a.at, 60.0) if e.at < a.at]
+    return {"at": f"{dt.datetime.fromtimestamp(a.at, dt.UTC):%H:%M:%S.%f}"[:-3], "sim_id": a.sim_id,
+            "window": len(window), "oldest": round(a.at - window[-1].at, 2) if window else None,
+            "arrived_after_a_jump": sum(1 for e in window if crossed(e))}
 
 
 def summarize(driver: Driver, world: World, usage: dict[str, Any], setup: dict[str, Any], args: argparse.Namespace,
@@ -923,6 +1055,7 @@ def summarize(driver: Driver, world: World, usage: dict[str, Any], setup: dict[s
         "mock_outage_503": sum(1 for a in world.arrivals if a.verdict == "outage"),
         "oversteps": len(oversteps),
         "oversteps_by_model": dict(Counter(f"{a.provider}:{a.model} {a.verdict}" for a in oversteps)),
+        "overstep_details": [overstep_detail(a, world, driver) for a in oversteps[:6]],
         "unknown_models_at_mocks": dict(world.unknown),
         "accepted_by_provider": dict(Counter(a.provider for a in world.arrivals if a.verdict == "served")),
         "wait_p50_s": pct([o.waited for o in waited], .5),
@@ -990,6 +1123,8 @@ def write_report(figures: dict[str, Any], out_dir: Path) -> Path:
         "Served by provider: " + ", ".join(f"{k}: {v}" for k, v in sorted(f["accepted_by_provider"].items())) + ".",
         "",
     ]
+    if f.get("side_by_side"):
+        lines += side_by_side_lines(f["side_by_side"])
     if f["oversteps_by_model"]:
         lines += ["Oversteps: " + ", ".join(f"{k}: {v}" for k, v in f["oversteps_by_model"].items()) + ".", ""]
     if f["avoidable_examples"]:
@@ -1002,6 +1137,24 @@ def write_report(figures: dict[str, Any], out_dir: Path) -> Path:
     return path
 
 
+def side_by_side_lines(compared: dict[str, Any]) -> list[str]:
+    what = ", ".join(f"{n} × {m}" for m, n in BURST)
+    lines = [f"Side by side, one burst at once in real time on fresh windows ({what}; no wait-for-slot), same "
+             "mocks, same deployments and rpm/tpm (LiteLLM Proxy 2 workers, no Redis, "
+             "usage-based-routing-v2, as a LiteLLM user would run it):", "",
+             "| gateway | sent | answers | reached the providers | **sent beyond a provider limit** |",
+             "|---|---|---|---|---|"]
+    for name, row in compared.items():
+        if "skipped" in row:
+            lines.append(f"| {name} | – | skipped: {row['skipped']} | – | – |")
+            continue
+        by_model = ", ".join(f"{k}: {v}" for k, v in row["beyond_by_model"].items())
+        beyond = f"**{row['beyond_limit']}**" + (f" ({by_model})" if by_model else "")
+        answers = ", ".join(f"{k}: {v}" for k, v in sorted(row["statuses"].items()))
+        lines.append(f"| {name} | {row['sent']} | {answers} | {row['reached_mocks']} | {beyond} |")
+    return [*lines, ""]
+
+
 DEFINITIONS = """Definitions:
 - *served*: HTTP 200 (a stream the client left after two events counts as served).
 - *served after waiting*: it reached the mock that served it more than 1 simulated second after it was
@@ -1010,11 +1163,12 @@ DEFINITIONS = """Definitions:
 - *refused, key limit*: the 429 names the caller's key ("your API key"); *outage*: a deployment of the
   group was in the hour-long GitHub Models outage (or its 60 s back-off after it); *no deployment had room*:
   the rest.
-- *avoidable refusal*: a 429 not caused by the key's own limit, although at that simulated moment (checked
-  50 ms of real time later, so requests admitted just before it have reached their mock) the mocks' own
-  counts show a deployment of the group, not in an outage, with room for one more request: fewer than its
-  RPM in the last 61 s (the portal counts a request for the rest of its second plus 60 s, by design), its
-  TPM likewise, and fewer than its RPD that day in the provider's time zone.
+- *avoidable refusal*: a 429 not caused by the key's own limit, although at that simulated moment the mocks'
+  own counts show a deployment of the group, not in (or within 60 s after) the outage, with room for one
+  more request: fewer than its RPM received in the last 61 s (the portal counts a request for the rest of its
+  second plus 60 s, by design), its TPM likewise, and fewer than its RPD that day in the provider's time
+  zone. The counts include requests that reached the mock up to 1 simulated second after the refusal: those
+  the portal admitted just before it were still on their way.
 - *overstep*: a request a mock answered with its 429 because it exceeded the model's RPM/TPM (last 60 s) or
   RPD (that day, in the provider's time zone: Gemini resets at midnight Pacific).
 - TPM at the mocks counts request bytes/4 plus the reply's tokens; the portal admits on its own estimate
@@ -1085,6 +1239,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-mlflow", dest="mlflow", action="store_false",
                         help="no Celery worker exporting to MLflow (no export lag figure)")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (logs, database)")
+    parser.add_argument("--litellm", action="store_true",
+                        help="after the day, the same burst to the portal and to LiteLLM Proxy (its own venv)")
+    parser.add_argument("--litellm-bin", default=str(LITELLM_BIN))
     parser.add_argument("--quiet", dest="progress", action="store_false")
     args = parser.parse_args(argv)
     figures = asyncio.run(simulate(args))
