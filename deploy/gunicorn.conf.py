@@ -9,7 +9,7 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 # uvicorn's worker, ending its graceful shutdown a few seconds before gunicorn's (portal/workers.py).
 worker_class = "portal.workers.UvicornWorker"
 # Import Django and the app once in the master; workers fork with it loaded. (LiteLLM is imported later,
-# in the background, only by workers whose catalog needs it: see gateway.upstream.ensure_litellm.)
+# in the background, only by workers whose catalog needs it: see gateway.upstreams.ensure_litellm.)
 preload_app = True
 # Streams can be long; the worker heartbeat is separate from request time under uvicorn.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))

@@ -14,8 +14,10 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from gateway import catalog, copilot, quota, upstream
+from gateway import catalog, quota
+from gateway import upstreams as upstream
 from gateway.models import ConfigSetting, Deployment, Provider, ProviderKind, QuotaPool
+from gateway.upstreams import copilot
 
 
 class ProviderForm(forms.ModelForm):

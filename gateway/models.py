@@ -145,7 +145,7 @@ class Provider(models.Model):
     def save(self, *args: Any, **kwargs: Any) -> None:
         if self._state.adding and self.reset_timezone == "UTC":
             # A new provider counts days the way its kind does (Gemini: Pacific time) unless told otherwise.
-            from gateway.providers import default_reset_timezone
+            from gateway.upstreams.providers import default_reset_timezone
 
             self.reset_timezone = default_reset_timezone(self.kind)
         super().save(*args, **kwargs)
@@ -294,7 +294,7 @@ def _clock_now() -> datetime:
 
 
 class CopilotAuth(models.Model):
-    """The GitHub Copilot login of a github_copilot provider (gateway/copilot.py does the talking).
+    """The GitHub Copilot login of a github_copilot provider (gateway/upstreams/copilot.py does the talking).
 
     Holds the GitHub OAuth token (long-lived, encrypted), the Copilot token exchanged for it (short-lived,
     encrypted) and a device flow in progress. It lives in the database so the login survives restarts
@@ -407,7 +407,7 @@ class CopilotAuth(models.Model):
     def load_for_call(cls, provider_id: int) -> tuple[str, Any, bool]:
         """For a /v1 call: (GitHub token, stored Copilot token or None, revoked). Adopts a LiteLLM token
         dir when nothing is stored yet; "" as token when the provider was never connected."""
-        from gateway import copilot
+        from gateway.upstreams import copilot
 
         auth = cls.objects.filter(provider_id=provider_id).first()
         if auth is None:
@@ -434,7 +434,7 @@ class CopilotAuth(models.Model):
 
     @classmethod
     def store_copilot_token(cls, provider_id: int, token: Any) -> None:
-        from gateway import copilot
+        from gateway.upstreams import copilot
 
         cls.objects.filter(provider_id=provider_id).update(
             copilot_token_encrypted=crypto.encrypt(token.token),
@@ -454,7 +454,7 @@ class CopilotAuth(models.Model):
 
 
 class CatalogSeed(models.Model):
-    """A built-in catalog entry load_catalog has put in place once (gateway/catalog_data.py).
+    """A built-in catalog entry load_catalog has put in place once (gateway/catalog/builtin.py).
 
     It is never created a second time: an entry the operator deleted stays deleted on the next start
     (`load_catalog --restore` brings missing entries back).

@@ -21,11 +21,11 @@ from typing import Any
 from django.conf import settings
 
 from gateway import catalog, clock, quota
-from gateway.calls import Call
+from gateway.api.calls import Call
 from gateway.catalog import Route
 from gateway.errors import GatewayError
 from gateway.quota import Admission, Limit, Outcome
-from gateway.upstream import Upstream, UpstreamError
+from gateway.upstreams import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
 

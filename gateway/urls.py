@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 
-from gateway import views
-from gateway.compat import views as compat
+from gateway.api import views
+from gateway.api.compat import views as compat
 
 urlpatterns = [
     path("v1/chat/completions", views.chat_completions),
@@ -15,7 +15,7 @@ urlpatterns = [
     path("audio/speech", views.audio_speech),
     path("v1/embeddings", views.embeddings),
     path("embeddings", views.embeddings),
-    # Anthropic's Messages API and OpenAI's Responses API, over the chat path (gateway/compat/).
+    # Anthropic's Messages API and OpenAI's Responses API, over the chat path (gateway/api/compat/).
     path("v1/messages", compat.messages),
     path("v1/messages/count_tokens", compat.count_tokens),
     path("v1/responses", compat.create_response),

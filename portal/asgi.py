@@ -26,8 +26,10 @@ from django.core.exceptions import RequestAborted  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
 
-from gateway import health, passthrough, quota, upstream  # noqa: E402
+from gateway import health, quota  # noqa: E402
+from gateway import upstreams as upstream  # noqa: E402
 from gateway.errors import GatewayError  # noqa: E402
+from gateway.upstreams import passthrough  # noqa: E402
 from portal.lean import GATEWAY_PREFIXES, reject_oversized  # noqa: E402
 from tracking import recorder  # noqa: E402
 
@@ -65,7 +67,7 @@ class GatewayHandler(ASGIHandler):
             body_file.close()
 
     async def send_response(self, response: Any, send: Any) -> None:
-        # x-ratelimit-* come ready-encoded (gateway.views.with_rate_headers): on every answer, six headers through
+        # x-ratelimit-* come ready-encoded (gateway.api.views.with_rate_headers): on every answer, six headers through
         # Django's per-header checks cost more than the quota check that made them.
         extra = getattr(response, "rate_headers", None)
         if not extra:

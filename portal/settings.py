@@ -269,7 +269,7 @@ CATALOG_REFRESH_SECONDS = envfloat("CATALOG_REFRESH_SECONDS", "1")
 OPENROUTER_SITE_URL = envstr("OPENROUTER_SITE_URL", envstr("OR_SITE_URL"))
 OPENROUTER_APP_NAME = envstr("OPENROUTER_APP_NAME", envstr("OR_APP_NAME", "LLM Portal"))
 
-# --- GitHub Copilot (gateway/copilot.py) ---
+# --- GitHub Copilot (gateway/upstreams/copilot.py) ---
 # Where the device flow runs and where the Copilot token is exchanged; tests point these at a local mock.
 GITHUB_COPILOT_GITHUB_URL = envstr("GITHUB_COPILOT_GITHUB_URL", "https://github.com").rstrip("/")
 GITHUB_COPILOT_API_URL = envstr("GITHUB_COPILOT_API_URL", "https://api.github.com").rstrip("/")
@@ -305,7 +305,7 @@ if not 0 <= QUOTA_LEASE_SECONDS <= 1:
 # Daily and monthly limits of API keys reset at midnight in this time zone.
 KEY_QUOTA_TIMEZONE = envstr("KEY_QUOTA_TIMEZONE", "UTC")
 
-# --- Responses API (gateway/compat/responses.py) ---
+# --- Responses API (gateway/api/compat/responses.py) ---
 # How long a stored response stays usable as previous_response_id (seconds, kept in the cache).
 RESPONSES_TTL_SECONDS = envint("RESPONSES_TTL_SECONDS", "3600")
 

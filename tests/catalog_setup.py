@@ -1,4 +1,4 @@
-"""Load the built-in catalog (gateway/catalog_data.py) for a test: chosen credentials, providers on local mocks."""
+"""Load the built-in catalog (gateway/catalog/builtin.py) for a test: chosen credentials, providers on local mocks."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def load_builtin_catalog(
 
     `unlimited` lifts the free-tier limits, so a test may call a 2-RPM model more than twice.
     """
-    from gateway import catalog, catalog_data
+    from gateway import catalog
+    from gateway.catalog import builtin as catalog_data
     from gateway.models import Deployment, Provider
 
     for name in ENV_NAMES:

@@ -117,7 +117,7 @@ def github_server() -> Iterator[MockGitHub]:
 @pytest.fixture
 def github(github_server: MockGitHub, settings: Any, tmp_path: Path) -> Iterator[MockGitHub]:
     """The mock GitHub (device login + Copilot API), with the portal pointed at it and an empty token dir."""
-    from gateway import copilot
+    from gateway.upstreams import copilot
 
     github_server.reset()
     settings.GITHUB_COPILOT_GITHUB_URL = github_server.url

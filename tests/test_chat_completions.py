@@ -11,7 +11,7 @@ import openai
 import orjson
 import pytest
 
-from gateway import views
+from gateway.api import views
 from tests.conftest import make_deployment, make_provider
 from tests.mock_upstream import Behaviour
 

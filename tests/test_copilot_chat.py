@@ -6,8 +6,9 @@ import openai
 import pytest
 from django.core.cache import cache
 
-from gateway import clock, copilot
+from gateway import clock
 from gateway.models import CopilotAuth, Provider
+from gateway.upstreams import copilot
 from tests.conftest import make_deployment
 
 SYSTEM = {"role": "system", "content": "You are terse. Answer in one line."}

@@ -11,8 +11,9 @@ from django.contrib.auth.models import Permission, User
 from django.db import connection
 from django.test import Client
 
-from gateway import clock, copilot, crypto
+from gateway import clock, crypto
 from gateway.models import CopilotAuth, Provider
+from gateway.upstreams import copilot
 from tests.conftest import free_port
 from tests.mock_github import CLIENT_ID, FREE_SEAT
 

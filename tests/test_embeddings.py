@@ -9,9 +9,9 @@ import httpx
 import openai
 import pytest
 
+from gateway.api.validation import parse_embeddings
 from gateway.errors import GatewayError
 from gateway.models import Deployment, Provider
-from gateway.validation import parse_embeddings
 from tests.catalog_setup import CREDENTIALS, load_builtin_catalog
 from tests.conftest import make_deployment
 from tests.mock_gemini import API_KEY, embedding_values

@@ -1,4 +1,4 @@
-"""The passthrough's lean HTTP/1.1 client (gateway/http1.py) against a real server on 127.0.0.1."""
+"""The passthrough's lean HTTP/1.1 client (gateway/upstreams/http1.py) against a real server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import yarl
 
-from gateway import http1
+from gateway.upstreams import http1
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -15,8 +15,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from gateway import litellm_config
-from gateway.litellm_config import (
+from gateway.catalog import litellm_config
+from gateway.catalog.litellm_config import (
     ConfigError,
     ImportSummary,
     dump_yaml,

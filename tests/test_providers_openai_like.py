@@ -13,8 +13,8 @@ from typing import Any
 import openai
 import pytest
 
-from gateway import providers
 from gateway.models import Deployment, Provider
+from gateway.upstreams import providers
 from tests.catalog_setup import CREDENTIALS, all_credentials, load_builtin_catalog
 from tests.conftest import make_deployment
 from tests.mock_upstream import Behaviour, MockUpstream

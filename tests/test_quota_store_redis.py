@@ -1,4 +1,4 @@
-"""The quota store's own Redis client (gateway/resp.py): ordered replies, reconnects, timeouts, scripts."""
+"""The quota store's own Redis client (gateway/quota/resp.py): ordered replies, reconnects, timeouts, scripts."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import pytest
 import redis
 import redis.exceptions
 
-from gateway import resp
-from gateway.quota import Correction, Limit, MemoryStore, Plan, RedisStore
+from gateway.quota import Correction, Limit, MemoryStore, Plan, RedisStore, resp
 from tests.processes import free_port
 from tests.quota_redis import REDIS_URL, needs_redis, script_calls
 

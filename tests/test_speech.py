@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
+from gateway.api.validation import parse_speech
 from gateway.errors import GatewayError
-from gateway.validation import parse_speech
 from tests.catalog_setup import CREDENTIALS, load_builtin_catalog
 from tests.mock_gemini import API_KEY, SAMPLE_RATE, proto_field, quota_exhausted, tone
 from tests.mock_upstream import Behaviour

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.db import connection
 
-from gateway.calls import Call
+from gateway.api.calls import Call
 from tracking import recorder
 from tracking.models import UsageRecord
 

@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from gateway.errors import GatewayError
-from gateway.media import is_internal_host, parse_image
+from gateway.upstreams.media import is_internal_host, parse_image
 from tests.catalog_setup import CREDENTIALS, load_builtin_catalog
 from tests.mock_gemini import proto_field
 

@@ -30,7 +30,7 @@ from django.db import DataError, IntegrityError, connections, models, transactio
 from tracking import tags as usage_tags
 
 if TYPE_CHECKING:
-    from gateway.calls import Call
+    from gateway.api.calls import Call
     from tracking.models import BodyLoggingRule, UsageRecord
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from gateway.litellm_config import ConfigError, dump_yaml, export_config
+from gateway.catalog.litellm_config import ConfigError, dump_yaml, export_config
 
 
 class Command(BaseCommand):

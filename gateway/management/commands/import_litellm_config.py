@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from gateway.litellm_config import ConfigError, import_config, load_config
+from gateway.catalog.litellm_config import ConfigError, import_config, load_config
 
 
 class Command(BaseCommand):

@@ -1,4 +1,4 @@
-"""python manage.py load_catalog: the built-in providers and models (gateway/catalog_data.py)."""
+"""python manage.py load_catalog: the built-in providers and models (gateway/catalog/builtin.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from gateway import catalog_data
+from gateway.catalog import builtin as catalog_data
 
 
 class Command(BaseCommand):

@@ -12,7 +12,7 @@ from django.http import HttpRequest
 from django.http.request import RawPostDataException
 
 from gateway.errors import GatewayError, bad_request
-from gateway.media import Image, iter_images, parse_image
+from gateway.upstreams.media import Image, iter_images, parse_image
 
 
 def json_body(request: HttpRequest) -> dict[str, Any]:

@@ -43,7 +43,7 @@ KINDS: dict[str, Kind] = {
     ),
     # LiteLLM's github/ provider still defaults to the retired models.inference.ai.azure.com.
     ProviderKind.GITHUB_MODELS: Kind(api_base="https://models.github.ai/inference", key_env="GITHUB_API_KEY"),
-    # The Copilot token comes from the device flow (gateway/copilot.py), not from an environment variable.
+    # The Copilot token comes from the device flow (gateway/upstreams/copilot.py), not from an environment variable.
     ProviderKind.GITHUB_COPILOT: Kind(key_required=False),
     ProviderKind.LM_STUDIO: Kind(base_env="LM_STUDIO_API_BASE", key_env="LM_STUDIO_API_KEY", key_required=False),
     ProviderKind.OPENAI_COMPATIBLE: Kind(key_required=False),
@@ -88,9 +88,9 @@ def credential_ready(provider: Provider) -> bool:
 
 
 def copilot_connected(provider: Provider) -> bool:
-    """The provider has a Copilot login, or a LiteLLM token dir it will adopt (see gateway.copilot)."""
-    from gateway import copilot
+    """The provider has a Copilot login, or a LiteLLM token dir it will adopt (see gateway.upstreams.copilot)."""
     from gateway.models import CopilotAuth
+    from gateway.upstreams import copilot
 
     auth = CopilotAuth.objects.filter(provider_id=provider.pk).first() if provider.pk else None
     if auth is not None and (auth.connected or auth.source == "disconnected"):

@@ -22,8 +22,9 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 
-from gateway import catalog, providers
+from gateway import catalog
 from gateway.models import CatalogSeed, Deployment, Provider, ProviderKind
+from gateway.upstreams import providers
 
 log = logging.getLogger(__name__)
 

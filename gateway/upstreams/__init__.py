@@ -23,9 +23,10 @@ import orjson
 from asgiref.sync import async_to_sync
 from django.conf import settings
 
-from gateway import media, providers, redact
+from gateway import redact
 from gateway.catalog import Route
 from gateway.errors import GatewayError
+from gateway.upstreams import media, providers
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class Upstream(Protocol):
 
 
 class MediaUpstream(Upstream, Protocol):
-    """The calls beyond chat; the views run them through the router via gateway.media.Operation."""
+    """The calls beyond chat; the views run them through the router via gateway.upstreams.media.Operation."""
 
     async def speech(self, route: Route, body: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -109,7 +110,8 @@ async def ensure_litellm() -> Any:
 
 async def prewarm() -> None:
     """At start: if any enabled deployment needs LiteLLM, import it now (in the background)."""
-    from gateway import catalog, passthrough
+    from gateway import catalog
+    from gateway.upstreams import passthrough
 
     try:
         snapshot = await catalog.get()
@@ -124,14 +126,14 @@ class LiteLLMUpstream:
     """Calls any provider LiteLLM knows, with LiteLLM's own retries off (retries are the router's)."""
 
     def _kwargs(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
-        # The provider kind's base URL, headers and key, LiteLLM's retries off: see gateway.providers.
+        # The provider kind's base URL, headers and key, LiteLLM's retries off: see gateway.upstreams.providers.
         return providers.call_kwargs(route, {k: v for k, v in body.items() if k not in RESERVED_FIELDS})
 
     async def _call_kwargs(self, route: Route, body: dict[str, Any]) -> dict[str, Any]:
         kwargs = self._kwargs(route, body)
         if route.kind == "github_copilot":
             # Copilot's key is a short-lived token fetched (async) at call time, with editor headers.
-            from gateway import copilot
+            from gateway.upstreams import copilot
 
             kwargs = await copilot.call_kwargs(route, body, kwargs)
         return kwargs
@@ -147,7 +149,7 @@ class LiteLLMUpstream:
                     return await litellm.acompletion(**kwargs)
             except Exception as e:
                 error = translate_error(e, route)
-            from gateway import copilot
+            from gateway.upstreams import copilot
 
             await copilot.after_rejection(route, error, attempt)  # raises, unless Copilot's token is to renew
         raise AssertionError("unreachable")
@@ -439,7 +441,7 @@ def probe_all(routes: list[Route]) -> list[Probe]:
     """Test several deployments at once (from sync code such as an admin action)."""
 
     async def run() -> list[Probe]:
-        from gateway import passthrough
+        from gateway.upstreams import passthrough
 
         try:
             return list(await asyncio.gather(*(probe(route) for route in routes)))
@@ -457,7 +459,7 @@ class Dispatch:
     """Per deployment: the passthrough for OpenAI-native upstreams, LiteLLM for everything else."""
 
     def _for(self, route: Route) -> Upstream:
-        from gateway import passthrough
+        from gateway.upstreams import passthrough
 
         return passthrough.instance if passthrough.eligible(route) else _upstream
 

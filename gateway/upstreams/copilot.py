@@ -41,7 +41,7 @@ from django.core.cache import cache
 from django.utils import timezone
 
 from gateway import clock, crypto, redact
-from gateway.upstream import UpstreamError
+from gateway.upstreams import UpstreamError
 
 if TYPE_CHECKING:
     from gateway.catalog import Route

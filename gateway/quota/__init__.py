@@ -38,8 +38,9 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
-from gateway import clock, db, resp
+from gateway import clock, db
 from gateway.errors import GatewayError
+from gateway.quota import resp
 
 log = logging.getLogger(__name__)
 

@@ -104,7 +104,7 @@ def build_snapshot() -> Snapshot:
 
 def route_for(d: Any) -> Route:
     """One deployment (with its provider and pool loaded) as a Route; also for the admin's Test action."""
-    from gateway import providers
+    from gateway.upstreams import providers
 
     p = d.provider
     try:

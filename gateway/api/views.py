@@ -18,13 +18,13 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
-from gateway import catalog, db, health, media, quota, redact, router
+from gateway import catalog, db, health, quota, redact, router
+from gateway.api.calls import Call, finish, finish_unfinished
+from gateway.api.validation import json_body, parse_chat, parse_embeddings, parse_speech
 from gateway.auth import Principal, authenticate
-from gateway.calls import Call, finish, finish_unfinished
 from gateway.catalog import Route
 from gateway.errors import GatewayError, not_found
-from gateway.upstream import UpstreamError, default_upstream, too_large
-from gateway.validation import json_body, parse_chat, parse_embeddings, parse_speech
+from gateway.upstreams import UpstreamError, default_upstream, media, too_large
 
 log = logging.getLogger(__name__)
 

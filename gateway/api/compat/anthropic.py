@@ -15,10 +15,10 @@ from typing import Any
 import orjson
 from django.http import HttpResponse
 
-from gateway.compat.blocks import Answer, Assembler, Block, Step, answer_of
+from gateway.api.compat.blocks import Answer, Assembler, Block, Step, answer_of
+from gateway.api.validation import expect
 from gateway.errors import GatewayError, bad_request
-from gateway.media import Image, parse_image
-from gateway.validation import expect
+from gateway.upstreams.media import Image, parse_image
 
 log = logging.getLogger(__name__)
 

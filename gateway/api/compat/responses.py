@@ -16,11 +16,11 @@ import orjson
 from django.conf import settings
 from django.core.cache import cache
 
+from gateway.api.compat.blocks import Answer, Assembler, Block, Step, answer_of
+from gateway.api.validation import expect
 from gateway.auth import Principal
-from gateway.compat.blocks import Answer, Assembler, Block, Step, answer_of
 from gateway.errors import GatewayError, bad_request, not_found
-from gateway.media import Image, parse_image
-from gateway.validation import expect
+from gateway.upstreams.media import Image, parse_image
 
 STORE_KEY = "responses:{}"
 _RESPONSE_ID = re.compile(r"resp_[A-Za-z0-9]{1,64}")

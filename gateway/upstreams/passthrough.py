@@ -3,8 +3,8 @@
 OpenRouter, GitHub Models, GitHub Copilot, LM Studio and any OpenAI-compatible server speak the same
 chat API as our clients. For them the request goes out with a shared, pooled async HTTP client, and the
 upstream's SSE events are forwarded as they arrive, reading only what the portal needs (usage, errors).
-LiteLLM still supplies the provider knowledge (base URLs, headers, keys via gateway.providers) and stays
-the path for everything that needs translation. Both implement gateway.upstream.Upstream and pass the
+LiteLLM still supplies the provider knowledge (base URLs, headers, keys via gateway.upstreams.providers) and stays
+the path for everything that needs translation. Both implement gateway.upstreams.Upstream and pass the
 same conformance tests.
 """
 
@@ -20,9 +20,8 @@ import orjson
 import yarl
 from django.conf import settings
 
-from gateway import copilot, http1, providers
 from gateway.catalog import Route
-from gateway.upstream import RESERVED_FIELDS, UpstreamError, error_for_status, too_large
+from gateway.upstreams import RESERVED_FIELDS, UpstreamError, copilot, error_for_status, http1, providers, too_large
 
 # Kinds whose upstream speaks OpenAI chat natively (Copilot with a short-lived token and editor headers).
 NATIVE_KINDS = frozenset({"openai", "openai_compatible", "openrouter", "github_models", "github_copilot", "lm_studio"})
@@ -43,7 +42,7 @@ class PassthroughUpstream:
         self._pools: dict[int, http1.Pool] = {}
 
     def _pool(self) -> http1.Pool:
-        # Whole answers go through the lean client (gateway/http1.py), one pool per event loop; streams
+        # Whole answers go through the lean client (gateway/upstreams/http1.py), one pool per event loop; streams
         # through aiohttp's session.
         loop_id = id(asyncio.get_running_loop())
         pool = self._pools.get(loop_id)

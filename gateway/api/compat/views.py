@@ -1,6 +1,6 @@
 """POST /v1/messages (Anthropic), POST /v1/responses (OpenAI Responses): thin async views over the chat path.
 
-Each view follows gateway.views.chat_completions step for step (authenticate, validate, route, the router's
+Each view follows gateway.api.views.chat_completions step for step (authenticate, validate, route, the router's
 quota admission and fallback, usage recording through finish()), with a translation at both ends.
 """
 
@@ -16,14 +16,11 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 
-from gateway import media, router
-from gateway.auth import authenticate
-from gateway.calls import Call, finish
-from gateway.compat import anthropic, responses
-from gateway.errors import GatewayError
-from gateway.upstream import UpstreamError, default_upstream
-from gateway.validation import json_body
-from gateway.views import (
+from gateway import router
+from gateway.api.calls import Call, finish
+from gateway.api.compat import anthropic, responses
+from gateway.api.validation import json_body
+from gateway.api.views import (
     CHAT_MODES,
     _with_keepalive,
     gateway_view,
@@ -32,6 +29,9 @@ from gateway.views import (
     sse_response,
     with_rate_headers,
 )
+from gateway.auth import authenticate
+from gateway.errors import GatewayError
+from gateway.upstreams import UpstreamError, default_upstream, media
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Renderer(Protocol):
 async def translated_events(
     call: Call, renderer: Renderer, first: dict[str, Any] | None, chunks: AsyncIterator[dict[str, Any]]
 ) -> AsyncIterator[bytes]:
-    """gateway.views.sse_events with a translation: the stream's generator owns the call and finishes it."""
+    """gateway.api.views.sse_events with a translation: the stream's generator owns the call and finishes it."""
     call.status = 200
     try:
         yield renderer.start()
