@@ -658,7 +658,6 @@ def setup_portal(urls: dict[str, str], miscount: bool = False) -> dict[str, Any]
     from django.contrib.auth import get_user_model
 
     from accounts.models import ApiKey
-    from gateway import providers
     from gateway.auth import KeyLimits
     from gateway.models import CopilotAuth, Deployment, Provider
 
@@ -684,7 +683,7 @@ def setup_portal(urls: dict[str, str], miscount: bool = False) -> dict[str, Any]
     for d in Deployment.objects.select_related("provider").order_by("public_name", "priority", "id"):
         upstream = d.upstream_model
         routes[d.public_name].append((d.provider.name, upstream))
-        tz = d.provider.reset_timezone or providers.default_reset_timezone(d.provider.kind)
+        tz = d.provider.reset_timezone  # set from the provider's kind when it was created (Gemini: Pacific)
         limits.append({"provider": d.provider.name, "model": upstream, "rpm": d.rpm, "tpm": d.tpm, "rpd": d.rpd,
                        "tz": tz})
     if miscount:  # after the mocks' figures are read: the portal alone believes these
