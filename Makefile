@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test install lint check bench bench-litellm soak clean
+.PHONY: run test install lint check bench bench-litellm soak simulate-day clean
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; run with PYTHON=python3"; exit 1; }
@@ -57,6 +57,12 @@ bench: install
 # 50,000 mixed requests through gunicorn on PostgreSQL + Redis: memory, descriptors, connections, usage records.
 soak: install
 	$(PY) bench/soak.py $(SOAK_ARGS)
+
+# A simulated day on the free tiers (24 h on a moved clock, a few minutes): mocks that enforce each model's real
+# limits; the report and plot go to bench/results/simday-24h.*. PostgreSQL + Redis when DATABASE_URL and REDIS_URL
+# are set (a scratch database: the run wipes it), else the embedded default.
+simulate-day: install
+	$(PY) bench/simday.py $(SIMDAY_ARGS)
 
 # The same run plus LiteLLM Proxy on the same mocks, from its own venv (never a dependency of the portal).
 LITELLM_VENV := .venv-litellm
