@@ -37,3 +37,10 @@ def pre_fork(server: object, worker: object) -> None:
     # 10,000 requests in the benchmark, about 90 us of CPU per request: most objects a request allocates die
     # by reference counting anyway. These cut it to ~60 us (measured with gc.callbacks under `make bench`).
     gc.set_threshold(10_000, 50, 100)
+
+
+def child_exit(server: object, worker: object) -> None:
+    # The worker's place on the connection board (portal/workers.py) goes back to the master's pool.
+    from portal.workers import board
+
+    board.release(getattr(worker, "slot", -1))
