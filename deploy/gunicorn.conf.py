@@ -3,6 +3,11 @@
 import gc
 import os
 
+from portal.memory import limit_arenas
+
+# Before the master starts any thread; the workers inherit it (portal/memory.py says why).
+limit_arenas()
+
 # All interfaces by default: in a container, Nginx reaches the portal over the compose network.
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '4000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))

@@ -21,6 +21,8 @@ from uvicorn import Server
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as BaseHttpToolsProtocol
 from uvicorn_worker import UvicornWorker as BaseUvicornWorker
 
+from portal import memory
+
 log = logging.getLogger(__name__)
 
 # Kept for the lifespan shutdown after uvicorn stops waiting for requests: end the cut streams, then flush.
@@ -195,6 +197,7 @@ class FairServer(Server):
             return
         await super().startup(sockets=[])  # the lifespan, and no asyncio server of uvicorn's own
         config, loop = self.config, asyncio.get_running_loop()
+        self.trimmer = loop.create_task(memory.trim_periodically())
 
         def create_protocol(_loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Protocol:
             return config.http_protocol_class(  # type: ignore[call-arg]
@@ -210,6 +213,8 @@ class FairServer(Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for acceptor in getattr(self, "acceptors", ()):
             acceptor.close()
+        if trimmer := getattr(self, "trimmer", None):
+            trimmer.cancel()
         await super().shutdown(sockets)
 
 
