@@ -82,6 +82,7 @@ class Plan:
     quota_concurrency: int | None
     litellm: bool
     quick: bool
+    settle_seconds: float
     # Idle CPU burn (seconds per second) of each server process tree, by pid, measured before the load.
     idle_cpu: dict[int, float] = field(default_factory=dict)
 
@@ -495,6 +496,12 @@ def run(plan: Plan, args: argparse.Namespace, children: Children, run_dir: Path)
     usage = orjson.loads(run_django(servers.env, ["bench/portal_setup.py", "usage", "--expect",
                                                    str(portal_requests), "--timeout", "15"]).strip().splitlines()[-1])
     usage["expected"] = portal_requests
+    # What the web tier keeps once the load is over (its trimmer runs every 30 s: portal/memory.py).
+    time.sleep(plan.settle_seconds)
+    memory["portal"]["after_settle"] = memory_of_tree(servers.portal.pid).as_dict()
+    memory["portal"]["settle_seconds"] = plan.settle_seconds
+    if servers.litellm is not None:
+        memory["litellm"]["after_settle"] = memory_of_tree(servers.litellm.pid).as_dict()
     load_after, speed_after = load_average(), python_speed()
     results: dict[str, Any] = {
         "meta": {
@@ -546,6 +553,8 @@ def write_results(results: dict[str, Any], out_dir: Path) -> Path:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 200 requests or 2 s per level")
+    parser.add_argument("--settle", type=float, help="seconds after the load before the last memory reading "
+                        "(default 60; quick: 5)")
     parser.add_argument("--requests", type=int, help="requests per level (default 2000; quick: 200)")
     parser.add_argument("--seconds", type=float, help="time cap per level (default 10; quick: 2)")
     parser.add_argument("--levels", help="only these concurrencies, e.g. 1 or 1,16 (default: all)")
@@ -573,6 +582,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
                          "in .venv-litellm first")
     return Plan(
         requests=args.requests or (200 if args.quick else 2000),
+        settle_seconds=args.settle if args.settle is not None else (5.0 if args.quick else 60.0),
         seconds=args.seconds or (2.0 if args.quick else 10.0),
         warmup=10 if args.quick else None,
         non_streaming=non_streaming,

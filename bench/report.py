@@ -302,21 +302,24 @@ def _resources_section(results: dict[str, Any]) -> list[str]:
     memory = results.get("memory", {})
     startup = results.get("startup", {})
     lines = ["## Start time and memory", "", "| server | start to first 200 | CPU used to start | RSS idle | "
-             "RSS after load | PSS idle | PSS after load | processes |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "RSS after load | RSS after load + settle | PSS idle | PSS after load | processes |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name in ("portal", "litellm"):
         mem = memory.get(name)
         if not mem:
             continue
-        idle, after = mem.get("idle", {}), mem.get("after_load", {})
+        idle, after, settled = mem.get("idle", {}), mem.get("after_load", {}), mem.get("after_settle", {})
         lines.append(
             f"| {label(name)} | {num(startup.get(name + '_s'))} s | {num(startup.get(name + '_cpu_s'))} s | "
             f"{num(idle.get('rss_mb'), 0)} MB | "
-            f"{num(after.get('rss_mb'), 0)} MB | {num(idle.get('pss_mb'), 0)} MB | {num(after.get('pss_mb'), 0)} MB "
+            f"{num(after.get('rss_mb'), 0)} MB | {num(settled.get('rss_mb'), 0)} MB | "
+            f"{num(idle.get('pss_mb'), 0)} MB | {num(after.get('pss_mb'), 0)} MB "
             f"| {after.get('processes', '–')} |"
         )
     idle = results.get("idle_cpu_ms_per_s") or {}
-    lines += ["", "RSS counts pages shared by the forked workers once per process; PSS splits them fairly "
+    settle = memory.get("portal", {}).get("settle_seconds")
+    lines += ["", f"Settle: {num(settle, 0)} s after the load (and the usage records' wait). "
+              "RSS counts pages shared by the forked workers once per process; PSS splits them fairly "
               "(the real footprint). Idle CPU burn: "
               + ", ".join(f"{label(k) if k != 'mock' else 'mock'} {v:.1f} ms/s" for k, v in idle.items()) + ".", ""]
     usage = results.get("usage") or {}

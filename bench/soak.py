@@ -346,7 +346,7 @@ def most(snapshots: list[Snapshot]) -> Snapshot:
 
 def run(args: argparse.Namespace) -> int:
     from bench.bench import portal_env, run_django
-    from bench.procs import Children, cpu_seconds_of_tree, free_port, load_average, supervised
+    from bench.procs import Children, cpu_seconds_of_tree, free_port, load_average, memory_of_tree, supervised
 
     run_dir = Path(tempfile.mkdtemp(prefix="portal-soak-"))
     children = Children(ROOT, run_dir)
@@ -371,6 +371,8 @@ def run(args: argparse.Namespace) -> int:
         portal_url = f"http://127.0.0.1:{env['PORT']}"
         portal.wait_http(portal_url + "/health/readiness", timeout=120)
         url = portal_url + "/v1/chat/completions"
+        time.sleep(2)  # the workers' start-up work done
+        idle = memory_of_tree(portal.pid)
 
         checkpoint = min(RSS_CHECKPOINT, args.requests // 10) or 1
         load_before = load_average()
@@ -395,6 +397,10 @@ def run(args: argparse.Namespace) -> int:
         cpu_used = cpu_seconds_of_tree(portal.pid) - cpu_before
         time.sleep(2)
         last = snapshot(portal.pid, tally.sent)
+        # What the web tier keeps once the load is over (its trimmer runs every 30 s: portal/memory.py).
+        print(f"load done; RSS {last.rss_mb} MB; waiting {args.settle:g} s for it to settle...", flush=True)
+        time.sleep(args.settle)
+        settled = memory_of_tree(portal.pid)
         # SIGTERM: gunicorn drains, and the workers write what their usage buffers still hold.
         portal.stop(grace=60)
         ids_file = run_dir / "request-ids.txt"
@@ -407,6 +413,8 @@ def run(args: argparse.Namespace) -> int:
             "cpu_ms_per_request": round(cpu_used * 1000 / max(tally.sent - checkpoint, 1), 2),
             "loadavg_before": load_before, "loadavg_after": load_average(),
             "first": first.__dict__, "last": last.__dict__, "usage": usage, "outcomes": tally.by_kind,
+            "rss_mb": {"idle": idle.rss_mb, "after_load": last.rss_mb, "after_settle": settled.rss_mb,
+                       "settle_seconds": args.settle},
             "no_answer": tally.no_answer, "unexpected": tally.unexpected,
         }
         middle = most(early)
@@ -434,6 +442,9 @@ def print_report(report: dict[str, Any], checks: list[tuple[str, bool, str]]) ->
                  "redis_clients_db", "redis_sockets"):
         print(f"| {name} | {first[name]} | {middle[name]} | {last[name]} |")
     print()
+    rss = report["rss_mb"]
+    print(f"web-tier RSS: idle {rss['idle']} MB, after the load {rss['after_load']} MB, "
+          f"{rss['settle_seconds']:g} s later {rss['after_settle']} MB")
     print("outcomes:", ", ".join(f"{kind} {dict(sorted(v.items()))}" for kind, v in sorted(report["outcomes"].items())))
     print("usage records:", report["usage"])
     if report["unexpected"]:
@@ -458,6 +469,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="clients at once (default 32)")
     parser.add_argument("--output-dir", default=str(ROOT / "bench" / "results"), help="where the JSON goes")
     parser.add_argument("--keep", action="store_true", help="keep the run directory (server logs)")
+    parser.add_argument("--settle", type=float, default=60, help="seconds after the load before the last "
+                        "memory reading (default 60)")
     return run(parser.parse_args(argv))
 
 

@@ -12,6 +12,11 @@ from portal import envfile
 
 envfile.load()
 
+from portal.memory import limit_arenas
+
+# Before the master starts any thread; the workers inherit it (portal/memory.py says why).
+limit_arenas()
+
 # All interfaces by default: in a container, Nginx reaches the portal over the compose network.
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '4000')}"  # noqa: S104
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
@@ -46,3 +51,10 @@ def pre_fork(server: object, worker: object) -> None:
     # 10,000 requests in the benchmark, about 90 us of CPU per request: most objects a request allocates die
     # by reference counting anyway. These cut it to ~60 us (measured with gc.callbacks under `make bench`).
     gc.set_threshold(10_000, 50, 100)
+
+
+def child_exit(server: object, worker: object) -> None:
+    # The worker's place on the connection board (portal/workers.py) goes back to the master's pool.
+    from portal.workers import board
+
+    board.release(getattr(worker, "slot", -1))
