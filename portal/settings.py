@@ -340,9 +340,10 @@ KEY_QUOTA_TIMEZONE = envstr("KEY_QUOTA_TIMEZONE", "UTC")
 RESPONSES_TTL_SECONDS = envint("RESPONSES_TTL_SECONDS", "3600")
 
 # --- Usage records (tracking/) ---
-# Buffered records are written every USAGE_FLUSH_SECONDS, or as soon as USAGE_FLUSH_BATCH wait.
-USAGE_FLUSH_SECONDS = envfloat("USAGE_FLUSH_SECONDS", "0.5")
-USAGE_FLUSH_BATCH = envint("USAGE_FLUSH_BATCH", "500")
+# Buffered records are written every USAGE_FLUSH_SECONDS, or as soon as USAGE_FLUSH_BATCH wait. Both bound what
+# a SIGKILLed worker loses (README: "Off the request path"); an INSERT of 200 rows is still one cheap statement.
+USAGE_FLUSH_SECONDS = envfloat("USAGE_FLUSH_SECONDS", "0.25")
+USAGE_FLUSH_BATCH = envint("USAGE_FLUSH_BATCH", "200")
 # While the database is away records wait in memory, up to this many per worker process.
 USAGE_BUFFER_MAX = envint("USAGE_BUFFER_MAX", "100000")
 # Kept request/response bodies (see Body logging rules in the admin) are cut at this size each.
