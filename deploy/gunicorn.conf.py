@@ -9,10 +9,9 @@ from pathlib import Path
 # this file before it loads Django, whose settings read the .env for everything else.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from portal import envfile
+from portal.memory import limit_arenas
 
 envfile.load()
-
-from portal.memory import limit_arenas
 
 # Before the master starts any thread; the workers inherit it (portal/memory.py says why).
 limit_arenas()
