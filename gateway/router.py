@@ -20,7 +20,7 @@ from typing import Any
 
 from django.conf import settings
 
-from gateway import catalog, clock, quota
+from gateway import catalog, clock, parking, quota
 from gateway.calls import Call
 from gateway.catalog import Route
 from gateway.errors import GatewayError
@@ -152,6 +152,7 @@ async def note_failure(route: Route, error: UpstreamError) -> None:
         else:
             seconds = error.retry_after_seconds or settings.QUOTA_DEFAULT_COOLDOWN_SECONDS
         await quota.park(route.id, seconds)
+        await parking.note(route.id, seconds, error.message)
         log.info("deployment %s parked for %.0fs after a provider 429", route.id, seconds)
         return
     if not error.retryable:
@@ -160,6 +161,7 @@ async def note_failure(route: Route, error: UpstreamError) -> None:
     if failures >= 2:
         seconds = min(2.0 ** (failures - 2), settings.QUOTA_MAX_BACKOFF_SECONDS)
         await quota.park(route.id, seconds)
+        await parking.note(route.id, seconds, f"{failures} failures in a row; the last: {error.message}")
         log.info("deployment %s parked for %.0fs after %d failures", route.id, seconds, failures)
 
 

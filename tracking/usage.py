@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
@@ -35,6 +35,35 @@ def usage_today_by_key(key_ids: list[int]) -> dict[int, dict[str, int]]:
         .annotate(requests=Count("id"), tokens=Coalesce(Sum("total_tokens"), 0))
     )
     return {row["key_id"]: {"requests": row["requests"], "tokens": row["tokens"]} for row in rows}
+
+
+def today_by_key_annotations() -> dict[str, Any]:
+    """Annotations for an ApiKey queryset: `requests_today` and `tokens_today` since midnight UTC, as two
+    correlated subqueries (the admin's key list: one query for the page, not one per key)."""
+    today = UsageRecord.objects.filter(key_id=OuterRef("pk"), created__gte=start_of_today()).order_by().values("key_id")
+    return {
+        "requests_today": Subquery(today.annotate(n=Count("id")).values("n")[:1]),
+        "tokens_today": Subquery(today.annotate(n=Coalesce(Sum("total_tokens"), 0)).values("n")[:1]),
+    }
+
+
+def recent_by_deployment(deployment_ids: list[int], since: dt.datetime) -> dict[int, dict[str, Any]]:
+    """{deployment id: {"requests", "ok", "success_rate", "p50"}} since `since` (the quota board's health
+    columns): one grouped query, then one percentile query per deployment that answered."""
+    rows = (
+        UsageRecord.objects.since(since).filter(deployment_id__in=deployment_ids).values("deployment_id")
+        .annotate(requests=Count("id"), ok_count=Count("id", filter=Q(ok=True)), timed=Count("latency_ms"))
+    )
+    out: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        timed = UsageRecord.objects.since(since).filter(deployment_id=row["deployment_id"], latency_ms__isnull=False)
+        out[row["deployment_id"]] = {
+            "requests": row["requests"],
+            "ok": row["ok_count"],
+            "success_rate": _rate(row["ok_count"], row["requests"]),
+            "p50": percentile_of(timed, row["timed"], 50),
+        }
+    return out
 
 
 def percentile_of(rows: QuerySet[UsageRecord], count: int, pct: int) -> float | None:
@@ -129,7 +158,10 @@ def quota_today() -> list[dict[str, Any]]:
     from gateway import catalog
     from gateway.models import Deployment
 
-    deployments = Deployment.objects.filter(enabled=True).select_related("provider", "pool").order_by(
+    # A deployment of a disabled provider serves nothing: its quota is not news.
+    deployments = Deployment.objects.filter(enabled=True, provider__enabled=True).select_related(
+        "provider", "pool"
+    ).order_by(
         "public_name", "priority", "id"
     )
     out = []
@@ -139,7 +171,8 @@ def quota_today() -> list[dict[str, Any]]:
             continue
         for entry in _limit_usage(d, limits):
             out.append({
-                "label": f"{d.public_name} ({d.provider.name}) {entry['limit_name']}",
+                "label": f"{d.public_name} ({d.provider.name}) {entry['limit_name'].upper()} "
+                f"{entry['used']}/{entry['limit']}",
                 "deployment": d.pk,
                 "limit_name": entry["limit_name"],
                 "scope": entry.get("scope", "deployment"),
