@@ -12,9 +12,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 
-from gateway import catalog, copilot, quota, upstream
+from gateway import board, catalog, copilot, quota, upstream
 from gateway.models import ConfigSetting, Deployment, Provider, ProviderKind, QuotaPool
 
 
@@ -142,7 +143,7 @@ class ProviderAdmin(FirstRunBanner, admin.ModelAdmin[Provider]):
 class DeploymentAdmin(FirstRunBanner, admin.ModelAdmin[Deployment]):
     # Narrow enough for 1280 px (the rest is on the deployment's page). Prices and cost columns go after
     # "used now / today" (issue 19's spend work).
-    list_display = ["public_name", "served_by", "limits", "usage_today", "priority", "serving"]
+    list_display = ["public_name", "served_by", "usage_today", "priority", "serving"]
     list_filter = ["enabled", "provider__kind", "provider"]
     list_select_related = ["provider", "pool"]
     search_fields = ["public_name", "upstream_model"]
@@ -174,9 +175,15 @@ class DeploymentAdmin(FirstRunBanner, admin.ModelAdmin[Deployment]):
             parts.append(f"pool {obj.pool.name}")
         return ", ".join(parts) or "—"
 
-    @admin.display(description="used now / today")
+    @admin.display(description="limits: used now / limit")
     def usage_today(self, obj: Deployment) -> str:
-        return quota_summary(catalog.deployment_limits(obj))
+        states = board.limit_states(obj)
+        if not states:
+            return "no limits"
+        return format_html_join(
+            mark_safe(" · "), '<span class="nowrap">{} {}</span>',
+            ((f"{s['name']}{' pool' if s['pool'] else ''}", s["text"]) for s in states),
+        )
 
     @admin.action(description="Enable selected models")
     def enable(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:

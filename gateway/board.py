@@ -43,8 +43,13 @@ def board() -> dict[str, Any]:
     }
 
 
+def limit_states(d: Any) -> list[dict[str, Any]]:
+    """Each limit of a deployment (its own and its pool's) as used/limit now (also the admin's list column)."""
+    return [_limit(state, d) for state in quota.usage_of(catalog.deployment_limits(d))]
+
+
 def _row(d: Any, health: dict[str, Any] | None, paused: dict[str, Any] | None, now: float) -> dict[str, Any]:
-    limits = [_limit(state, d) for state in quota.usage_of(catalog.deployment_limits(d))]
+    limits = limit_states(d)
     parked = None
     if paused is not None:
         parked = {
@@ -83,6 +88,7 @@ def _limit(state: dict[str, Any], d: Any) -> dict[str, Any]:
         "pool": d.pool.name if pool and d.pool is not None else None,
         "used": used,
         "limit": limit,
+        "text": f"{used:,} / {limit:,}",
         "unit": state["unit"],
         "period": state["period"],
         # Of THIS limit (RPM and TPM are never on one axis); capped: a late token correction can overshoot.

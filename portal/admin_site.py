@@ -26,7 +26,8 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
 # Pages that are not model lists, shown first in their group: (group, name, url name, permission).
 PAGES = [
     ("Models and providers", "Quota board", "admin:quota_board", "gateway.view_deployment"),
-    ("Usage", "Dashboard", "admin:index", "tracking.view_usagerecord"),
+    # The index shows the same dashboard; its own URL keeps the sidebar's "current page" mark right.
+    ("Usage", "Dashboard", "admin:tracking_dashboard", "tracking.view_usagerecord"),
 ]
 
 

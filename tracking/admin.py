@@ -200,7 +200,7 @@ class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
         state = "state-on" if obj.ok else "state-off"
         notes = [n for n, on in (("stream", obj.streamed), ("client left", obj.client_disconnected)) if on]
         return format_html('<span class="{}">{}</span><div class="quiet-small">{}</div>', state, obj.status,
-                           " · ".join(notes) or obj.error_code)
+                           " · ".join(notes) or obj.error_code.replace("_", " "))
 
     @admin.display(description="latency", ordering="latency_ms")
     def latency(self, obj: UsageRecord) -> str:
