@@ -3,6 +3,7 @@ by task, and the live quota board. Models register on it as usual (`@admin.regis
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from functools import cache
 from pathlib import Path
@@ -14,6 +15,8 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, URLResolver, path, reverse
+
+log = logging.getLogger(__name__)
 
 # Sidebar and index groups: (title, [(app label, model name), ...]). A model not named here is listed in its
 # own app's group after these, so a new model is never hidden.
@@ -62,7 +65,7 @@ class PortalAdminSite(admin.AdminSite):
             return apps  # an app's own index page: Django's grouping
         return grouped(apps, request)
 
-    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def index(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> TemplateResponse:
         """The dashboard: usage of the period, the quota board's most pressed limits, providers that are off."""
         from gateway import board
         from gateway.models import Provider
@@ -73,7 +76,11 @@ class PortalAdminSite(admin.AdminSite):
         if request.user.has_perm("tracking.view_usagerecord"):  # type: ignore[union-attr]
             context |= {"data": usage.dashboard(dashboard_days(request)), "day_choices": DASHBOARD_DAYS}
         if request.user.has_perm("gateway.view_deployment"):  # type: ignore[union-attr]
-            rows = board.board()["deployments"]
+            try:
+                rows = board.board()["deployments"]
+            except Exception:  # the home page must open when the quota store (Redis) is down; the board says why
+                log.warning("quota board unavailable on the console's home page", exc_info=True)
+                rows = []
             context["pressed"] = [r for r in rows if r["limits"] or r["parked"]][:8]
             context["disabled_providers"] = Provider.objects.filter(enabled=False).order_by("name")
         context["app_list"] = self.get_app_list(request)

@@ -172,7 +172,7 @@ def quota_today() -> list[dict[str, Any]]:
         for entry in _limit_usage(d, limits):
             out.append({
                 "label": f"{d.public_name} ({d.provider.name}) {entry['limit_name'].upper()} "
-                f"{entry['used']}/{entry['limit']}",
+                f"{entry['used']:,}/{entry['limit']:,}",
                 "deployment": d.pk,
                 "limit_name": entry["limit_name"],
                 "scope": entry.get("scope", "deployment"),
