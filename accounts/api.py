@@ -12,6 +12,7 @@ from django.db import transaction
 from django.db.models import Count, Max, Q, QuerySet
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
@@ -280,6 +281,6 @@ class QuotaBoardView(APIView):
     authentication_classes = [MasterKeyAuthentication, SessionAuthentication]
     permission_classes = [IsOperator]
 
-    @extend_schema(responses={200: dict[str, Any]}, summary="Quota board: limits, pauses and health per deployment")
+    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="Quota board: limits, pauses, health per deployment")
     def get(self, request: Request) -> Response:
         return Response(board.board(), headers={"Cache-Control": "no-store"})

@@ -207,3 +207,20 @@ def test_the_quota_board_shows_each_limit_in_percent_and_why_a_deployment_is_par
     clock.advance(26 * 3600)  # past midnight in Los Angeles: the pause is over
     later = httpx.get(f"{portal.url}/api/quota/", headers=auth).json()["deployments"]
     assert next(row for row in later if row["model"] == "daily")["parked"] is None
+
+
+def test_a_staff_user_who_may_not_see_usage_gets_a_home_page_without_it(db: Any) -> None:
+    from django.contrib.auth.models import Permission, User
+
+    vera = User.objects.create_user("vera", password="vera-password-123", is_staff=True)
+    vera.user_permissions.add(Permission.objects.get(codename="view_deployment"))
+    browser = Client()
+    browser.force_login(vera)
+
+    response = browser.get(reverse("admin:index"))
+
+    assert response.status_code == 200
+    assert "data" not in response.context
+    groups = {group["name"]: [m["name"] for m in group["models"]] for group in response.context["available_apps"]}
+    assert groups == {"Models and providers": ["Quota board", "Deployments"]}
+    assert browser.get(reverse("admin:quota_board")).status_code == 200

@@ -1,7 +1,9 @@
 // Draws the usage dashboard's charts from the JSON the page embeds (#usage-data), with the vendored Chart.js.
 (function () {
   "use strict";
-  const data = JSON.parse(document.getElementById("usage-data").textContent);
+  const embedded = document.getElementById("usage-data");
+  if (!embedded) return;  // a staff user who may not view usage sees the console's home without it
+  const data = JSON.parse(embedded.textContent);
   const palette = ["#417690", "#e07a1f", "#2e9e5b", "#c0392b", "#8e44ad", "#16a085", "#d4ac0d", "#5d6d7e",
                    "#a04000", "#1f618d", "#7d3c98", "#117864"];
   const color = (i) => palette[i % palette.length];
