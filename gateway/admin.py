@@ -12,10 +12,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils.html import format_html, format_html_join
-from django.utils.safestring import mark_safe
+from django.utils.html import format_html
 
-from gateway import board, catalog, copilot, quota, upstream
+from gateway import catalog, copilot, quota, upstream
 from gateway.models import ConfigSetting, Deployment, Provider, ProviderKind, QuotaPool
 
 
@@ -141,8 +140,8 @@ class ProviderAdmin(FirstRunBanner, admin.ModelAdmin[Provider]):
 
 @admin.register(Deployment)
 class DeploymentAdmin(FirstRunBanner, admin.ModelAdmin[Deployment]):
-    # Narrow enough for 1280 px (the rest is on the deployment's page). Prices and cost columns go after
-    # "used now / today" (issue 19's spend work).
+    # Narrow enough for 1280 px (the rest is on the deployment's page; the live detail on the quota board).
+    # Prices and cost columns go after "used now / today" (issue 19's spend work).
     list_display = ["public_name", "served_by", "usage_today", "priority", "serving"]
     list_filter = ["enabled", "provider__kind", "provider"]
     list_select_related = ["provider", "pool"]
@@ -168,22 +167,9 @@ class DeploymentAdmin(FirstRunBanner, admin.ModelAdmin[Deployment]):
                                'disabled</div>', obj.provider.how_to_enable(), obj.provider.name)
         return format_html('<span class="state-on">on</span>')
 
-    @admin.display(description="limits")
-    def limits(self, obj: Deployment) -> str:
-        parts = [f"{getattr(obj, n)} {n.upper()}" for n in ("rpm", "tpm", "rpd", "tpd") if getattr(obj, n) is not None]
-        if obj.pool is not None:
-            parts.append(f"pool {obj.pool.name}")
-        return ", ".join(parts) or "—"
-
-    @admin.display(description="limits: used now / limit")
+    @admin.display(description="used now / today")
     def usage_today(self, obj: Deployment) -> str:
-        states = board.limit_states(obj)
-        if not states:
-            return "no limits"
-        return format_html_join(
-            mark_safe(" · "), '<span class="nowrap">{} {}</span>',
-            ((f"{s['name']}{' pool' if s['pool'] else ''}", s["text"]) for s in states),
-        )
+        return quota_summary(catalog.deployment_limits(obj))
 
     @admin.action(description="Enable selected models")
     def enable(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:

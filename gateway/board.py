@@ -44,7 +44,7 @@ def board() -> dict[str, Any]:
 
 
 def limit_states(d: Any) -> list[dict[str, Any]]:
-    """Each limit of a deployment (its own and its pool's) as used/limit now (also the admin's list column)."""
+    """Each limit of a deployment (its own and its pool's) as used/limit now."""
     return [_limit(state, d) for state in quota.usage_of(catalog.deployment_limits(d))]
 
 
