@@ -12,7 +12,6 @@ from django.db import transaction
 from django.db.models import Count, Max, Q, QuerySet
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
@@ -22,11 +21,9 @@ from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from accounts import usage
 from accounts.models import SELF_SERVE_PERMISSION, ApiKey, ApiKeyModelLimit
-from gateway import board
 from gateway.auth import KeyLimits, throttle, token_from
 
 User = get_user_model()
@@ -272,15 +269,3 @@ class UserUsageViewSet(mixins.ListModelMixin, OperatorViewSet):
                    "today": usage.today_by_user([user.pk for user in page])}
         return self.get_paginated_response(UserUsageSerializer(page, many=True, context=context).data)
 
-
-
-class QuotaBoardView(APIView):
-    """The live quota board as JSON: every deployment in rotation, its limits used/limit, pause and health.
-    The admin's quota page polls this with the operator's session; scripts use the master key."""
-
-    authentication_classes = [MasterKeyAuthentication, SessionAuthentication]
-    permission_classes = [IsOperator]
-
-    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="Quota board: limits, pauses, health per deployment")
-    def get(self, request: Request) -> Response:
-        return Response(board.board(), headers={"Cache-Control": "no-store"})

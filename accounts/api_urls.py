@@ -10,7 +10,6 @@ router.register("users", api.UserUsageViewSet, basename="user")
 
 urlpatterns = [
     path("", include(router.urls)),
-    path("quota/", api.QuotaBoardView.as_view(), name="api-quota"),
     # The schema describes endpoints, not data: it is public so tools can fetch it.
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
 ]

@@ -4,12 +4,14 @@ from django.urls import include, path, re_path
 from django.views.static import serve
 
 from accounts.views import admin_login
+from gateway.board_api import QuotaBoardView
 
 urlpatterns = [
     # Before admin.site.urls: the admin's login, throttled per IP and username.
     path("admin/login/", admin_login),
     path("admin/", admin.site.urls),
     path("keys/", include("accounts.urls")),
+    path("api/quota/", QuotaBoardView.as_view(), name="api-quota"),
     path("api/", include("accounts.api_urls")),
     path("", include("gateway.urls")),
 ]
