@@ -11,7 +11,7 @@ from accounts.forms import catalog_names
 from accounts.keys import load_entry
 from accounts.models import ApiKey
 from accounts.principal import KeyLimits
-from tracking.usage import usage_today_by_key
+from tracking.usage import today_by_key_annotations, usage_today_by_key
 
 # The limits of a key, in the order of the page's columns: (the quota's name, KeyLimits field).
 KINDS = [("rpm", "rpm"), ("rpd", "rpd"), ("tpd", "tokens_per_day"), ("tokens_per_month", "tokens_per_month")]
@@ -20,6 +20,11 @@ KINDS = [("rpm", "rpm"), ("rpd", "rpd"), ("tpd", "tokens_per_day"), ("tokens_per
 def today_by_key(key_ids: list[int]) -> dict[int, dict[str, int]]:
     """{key id: {"requests": n, "tokens": n}} since midnight UTC; keys without use are absent."""
     return usage_today_by_key(key_ids) if key_ids else {}
+
+
+def today_annotations() -> dict[str, Any]:
+    """`requests_today` and `tokens_today` on an ApiKey queryset (the admin's key list)."""
+    return today_by_key_annotations()
 
 
 def today_by_user(user_ids: list[int]) -> dict[int, dict[str, int]]:

@@ -46,6 +46,14 @@ class ProviderForm(forms.ModelForm):
         return provider
 
 
+class FirstRunBanner:
+    """Changelists that show the banner of disabled providers (templates/admin/gateway/change_list.html)."""
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        off = Provider.objects.filter(enabled=False).order_by("name")
+        return super().changelist_view(request, {"disabled_providers": off, **(extra_context or {})})  # type: ignore[misc]
+
+
 class DeploymentInline(admin.TabularInline):
     model = Deployment
     extra = 0
@@ -54,9 +62,10 @@ class DeploymentInline(admin.TabularInline):
 
 
 @admin.register(Provider)
-class ProviderAdmin(admin.ModelAdmin[Provider]):
+class ProviderAdmin(FirstRunBanner, admin.ModelAdmin[Provider]):
     form = ProviderForm
-    list_display = ["name", "kind", "api_base", "credential", "deployment_count", "enabled"]
+    # Narrow enough for 1280 px; the base URL and extra parameters are on the provider's page.
+    list_display = ["name", "kind", "credential", "deployment_count", "enabled"]
     list_filter = ["kind", "enabled"]
     search_fields = ["name", "api_base"]
     inlines = [DeploymentInline]
@@ -132,8 +141,10 @@ class ProviderAdmin(admin.ModelAdmin[Provider]):
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin[Deployment]):
-    list_display = ["public_name", "provider", "upstream_model", "limits", "usage_today", "priority", "enabled"]
+class DeploymentAdmin(FirstRunBanner, admin.ModelAdmin[Deployment]):
+    # Narrow enough for 1280 px (the rest is on the deployment's page; the live detail on the quota board).
+    # Prices and cost columns go after "used now / today" (issue 19's spend work).
+    list_display = ["public_name", "served_by", "usage_today", "priority", "serving"]
     list_filter = ["enabled", "provider__kind", "provider"]
     list_select_related = ["provider", "pool"]
     search_fields = ["public_name", "upstream_model"]
@@ -145,12 +156,19 @@ class DeploymentAdmin(admin.ModelAdmin[Deployment]):
         ("Advanced", {"classes": ["collapse"], "fields": ["litellm_params", "model_info", "extra"]}),
     ]
 
-    @admin.display(description="limits")
-    def limits(self, obj: Deployment) -> str:
-        parts = [f"{getattr(obj, n)} {n.upper()}" for n in ("rpm", "tpm", "rpd", "tpd") if getattr(obj, n) is not None]
-        if obj.pool is not None:
-            parts.append(f"pool {obj.pool.name}")
-        return ", ".join(parts) or "—"
+    @admin.display(description="served by", ordering="provider__name")
+    def served_by(self, obj: Deployment) -> str:
+        return format_html('{}<div class="quiet-small">{}</div>', obj.provider.name, obj.upstream_model)
+
+    @admin.display(description="enabled", ordering="enabled")
+    def serving(self, obj: Deployment) -> str:
+        """On only when the deployment AND its provider are: a deployment of a disabled provider serves nothing."""
+        if not obj.enabled:
+            return format_html('<span class="state-off">off</span>')
+        if not obj.provider.enabled:
+            return format_html('<span class="state-off" title="{}">off</span><div class="quiet-small">provider {} is '
+                               'disabled</div>', obj.provider.how_to_enable(), obj.provider.name)
+        return format_html('<span class="state-on">on</span>')
 
     @admin.display(description="used now / today")
     def usage_today(self, obj: Deployment) -> str:

@@ -290,6 +290,20 @@ class Provider(CatalogModel):
         self.enabled, self.awaiting_credential = enabled, False
         self.save(update_fields=["enabled", "awaiting_credential", "updated"])
 
+    def how_to_enable(self) -> str:
+        """First-run help for a disabled provider: the variable or admin field that brings it into rotation."""
+        if self.kind == ProviderKind.GITHUB_COPILOT:
+            return "Connect GitHub Copilot on the provider's page (a GitHub device login), then tick Enabled."
+        missing = [ref[len(ENV_PREFIX):] for ref in (self.api_base, self.credential_ref)
+                   if ref.startswith(ENV_PREFIX) and not os.environ.get(ref[len(ENV_PREFIX):])]
+        if missing:
+            names = " and ".join(missing)
+            return (f"Set {names} in .env and restart (it is enabled at start when set), "
+                    "or paste a key into the provider's API key field and tick Enabled.")
+        if not self.credential_ref and not self.credential_encrypted:
+            return "Paste a key into the provider's API key field and tick Enabled."
+        return "Switched off by an operator: tick Enabled on the provider's page, or use the Enable action."
+
     def enable_if_awaiting_credential(self) -> bool:
         """Enable a provider load_catalog disabled for want of a credential (call when the credential arrives,
         e.g. after the Copilot login). A provider an operator disabled stays disabled."""

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 
 from accounts.principal import Principal
-from gateway import catalog, clock, quota
+from gateway import catalog, clock, parking, quota
 from gateway.api.calls import Call
 from gateway.catalog import Route, Snapshot
 from gateway.errors import GatewayError
@@ -223,6 +223,7 @@ async def note_failure(route: Route, error: UpstreamError) -> None:
         else:
             seconds = error.retry_after_seconds or policy.cooldown_time or settings.QUOTA_DEFAULT_COOLDOWN_SECONDS
         await quota.park(route.id, seconds)
+        await parking.note(route.id, seconds, error.message)
         log.info("deployment %s parked for %.0fs after a provider 429", route.id, seconds)
         return
     if not error.retryable:
@@ -233,6 +234,7 @@ async def note_failure(route: Route, error: UpstreamError) -> None:
         seconds = policy.cooldown_time if policy.cooldown_time is not None else \
             min(2.0 ** (failures - allowed - 1), settings.QUOTA_MAX_BACKOFF_SECONDS)
         await quota.park(route.id, seconds)
+        await parking.note(route.id, seconds, f"{failures} failures in a row; the last: {error.message}")
         log.info("deployment %s parked for %.0fs after %d failures", route.id, seconds, failures)
 
 

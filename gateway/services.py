@@ -37,7 +37,9 @@ def deployment_quotas() -> list[dict[str, Any]]:
     `used` comes from the quota (Redis, or this process's store, backed by its durable daily counters); when
     it cannot answer, today's usage records are counted instead.
     """
-    deployments = Deployment.objects.filter(enabled=True).select_related("provider", "pool").order_by(
+    # A deployment of a disabled provider serves nothing: its quota is not news.
+    deployments = Deployment.objects.filter(enabled=True, provider__enabled=True).select_related(
+        "provider", "pool").order_by(
         "public_name", "priority", "id"
     )
     out = []
@@ -47,7 +49,8 @@ def deployment_quotas() -> list[dict[str, Any]]:
             continue
         for entry in _limit_usage(d, limits):
             out.append({
-                "label": f"{d.public_name} ({d.provider.name}) {entry['limit_name']}",
+                "label": f"{d.public_name} ({d.provider.name}) {entry['limit_name'].upper()} "
+                f"{entry['used']:,}/{entry['limit']:,}",
                 "deployment": d.pk,
                 "limit_name": entry["limit_name"],
                 "scope": entry.get("scope", "deployment"),

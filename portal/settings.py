@@ -178,7 +178,7 @@ CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
 PORT = envint("PORT", "4000")
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "portal.admin_apps.PortalAdminConfig",  # Django's admin with the portal's console site (portal/admin_site.py)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -359,6 +359,13 @@ MLFLOW_ARTIFACT_ROOT = envstr(
     "MLFLOW_ARTIFACT_ROOT", str(DATA_DIR / "mlflow-artifacts") if "MLFLOW_TRACKING_URI" not in os.environ else ""
 )
 MLFLOW_EXPERIMENT_NAME = envstr("MLFLOW_EXPERIMENT_NAME", "llm-portal")
+# Where operators open MLflow in a browser (the admin links each usage record to its trace there): the
+# tracking server itself when it is one, else the UI `make run` serves over the embedded store.
+MLFLOW_UI_URL = envstr(
+    "MLFLOW_UI_URL",
+    MLFLOW_TRACKING_URI if MLFLOW_TRACKING_URI.startswith(("http://", "https://"))
+    else f"http://127.0.0.1:{envint('MLFLOW_PORT', '5001')}",
+).rstrip("/")
 MLFLOW_EXPORT_BATCH = envint("MLFLOW_EXPORT_BATCH", "200")
 MLFLOW_EXPORT_INTERVAL = envfloat("MLFLOW_EXPORT_INTERVAL", "30")
 # The MLflow client retries a dead server for minutes by default; our task retries with backoff itself.

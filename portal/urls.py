@@ -4,6 +4,7 @@ from django.urls import include, path, re_path
 from django.views.static import serve
 
 from accounts.views import admin_login
+from gateway.board_api import QuotaBoardView
 from portal import views
 
 urlpatterns = [
@@ -14,6 +15,7 @@ urlpatterns = [
     path("admin/login/", admin_login),
     path("admin/", admin.site.urls),
     path("keys/", include("accounts.urls")),
+    path("api/quota/", QuotaBoardView.as_view(), name="api-quota"),
     path("api/", include("accounts.api_urls")),
     path("", include("gateway.urls")),
 ]

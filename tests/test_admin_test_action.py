@@ -47,7 +47,7 @@ def run_test_action(browser, *deployments):
     )
     assert response.status_code == 200
     found = re.findall(r'<li class="(success|error|warning|info)">(.*?)</li>', response.text, re.S)
-    # The admin capitalizes messages; the public names here are lower case.
+    # Lowered for comparison (the provider's error texts vary in case).
     return [(level, html.unescape(text.strip()).lower()) for level, text in found], response.text
 
 

@@ -14,14 +14,16 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db import connection
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
+from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, path
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.functional import cached_property
+from django.utils.html import format_html
 
-from tracking import recorder, usage
+from tracking import export, recorder, usage
 from tracking.models import BodyLoggingRule, ModelUsageRun, UsageRecord
 
 CSV_FIELDS = [
@@ -31,6 +33,22 @@ CSV_FIELDS = [
     "total_tokens", "tokens_counted", "client_ip", "tags", "exported_at",
 ]
 DASHBOARD_DAYS = (1, 7, 14, 30, 90)
+
+
+def dashboard_days(request: HttpRequest) -> int:
+    """The dashboard's period from ?days= (one of DASHBOARD_DAYS; 14 otherwise)."""
+    try:
+        days = int(request.GET.get("days", 14))
+    except ValueError:
+        return 14
+    return days if days in DASHBOARD_DAYS else 14
+
+
+def milliseconds(value: float | None) -> str:
+    """"611 ms", "7.5 ms", "12,040 ms": whole milliseconds, a decimal only where it still means something."""
+    if value is None:
+        return "–"
+    return f"{value:.1f} ms" if value < 10 else f"{value:,.0f} ms"
 
 
 class EstimatedCountPaginator(Paginator):
@@ -145,10 +163,10 @@ def _cell(value: Any) -> Any:
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
-    list_display = [
-        "created", "model", "key_name", "username", "status", "ok", "streamed", "latency", "ttft", "total_tokens",
-        "provider", "request_id",
-    ]
+    # Seven narrow columns fit 1280 px; user, request id, route and MLflow are on the record's page. A cost
+    # column goes after "tokens" (issue 19's spend work).
+    list_display = ["when", "model", "key", "outcome", "latency", "tokens", "provider"]
+    list_display_links = ["when"]
     list_filter = [ModelFilter, KeyFilter, StatusFilter, "streamed", ("created", admin.DateFieldListFilter)]
     search_fields = ["=request_id", "key_name", "username"]
     paginator = EstimatedCountPaginator
@@ -159,22 +177,70 @@ class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
     fieldsets = [
         (None, {"fields": ["request_id", "created", "ended", "endpoint", "model", "status", "ok", "error_code",
                            "error_message"]}),
-        ("Who", {"fields": ["key_id", "key_name", "user_id", "username", "client_ip", "tags"]}),
-        ("Route", {"fields": ["deployment_id", "provider", "upstream_model", "attempts", "streamed",
+        ("Who", {"fields": ["key_link", "user_link", "client_ip", "tags"]}),
+        ("Route", {"fields": ["deployment_link", "provider", "upstream_model", "attempts", "streamed",
                               "client_disconnected"]}),
         ("Usage and timing", {"fields": ["prompt_tokens", "completion_tokens", "total_tokens", "tokens_counted",
-                                         "latency_ms", "ttft_ms"]}),
+                                         "latency", "ttft"]}),
         ("Bodies", {"fields": ["request_body", "response_body", "bodies_truncated"], "classes": ["collapse"]}),
-        ("MLflow", {"fields": ["exported_at", "mlflow_experiment", "mlflow_trace_id"]}),
+        ("MLflow", {"fields": ["exported_at", "mlflow_experiment", "trace_link"]}),
     ]
+    readonly_fields = ["key_link", "user_link", "deployment_link", "latency", "ttft", "trace_link"]
 
-    @admin.display(description="latency (ms)", ordering="latency_ms")
+    @admin.display(description="when", ordering="created")
+    def when(self, obj: UsageRecord) -> str:
+        return timezone.localtime(obj.created).strftime("%Y-%m-%d %H:%M:%S")
+
+    @admin.display(description="key", ordering="key_name")
+    def key(self, obj: UsageRecord) -> str:
+        return format_html('{}<div class="quiet-small">{}</div>', obj.key_name or "(master key)", obj.username)
+
+    @admin.display(description="status", ordering="status")
+    def outcome(self, obj: UsageRecord) -> str:
+        state = "state-on" if obj.ok else "state-off"
+        notes = [n for n, on in (("stream", obj.streamed), ("client left", obj.client_disconnected)) if on]
+        return format_html('<span class="{}">{}</span><div class="quiet-small">{}</div>', state, obj.status,
+                           " · ".join(notes) or obj.error_code.replace("_", " "))
+
+    @admin.display(description="latency", ordering="latency_ms")
     def latency(self, obj: UsageRecord) -> str:
-        return "" if obj.latency_ms is None else f"{obj.latency_ms:.0f}"
+        return milliseconds(obj.latency_ms)
 
-    @admin.display(description="TTFT (ms)", ordering="ttft_ms")
+    @admin.display(description="time to first token", ordering="ttft_ms")
     def ttft(self, obj: UsageRecord) -> str:
-        return "" if obj.ttft_ms is None else f"{obj.ttft_ms:.0f}"
+        return milliseconds(obj.ttft_ms)
+
+    @admin.display(description="tokens", ordering="total_tokens")
+    def tokens(self, obj: UsageRecord) -> str:
+        return "–" if obj.total_tokens is None else f"{obj.total_tokens:,}"
+
+    @admin.display(description="API key")
+    def key_link(self, obj: UsageRecord) -> str:
+        if obj.key_id is None:
+            return obj.key_name or "master key"
+        url = reverse("admin:accounts_apikey_change", args=[obj.key_id])
+        return format_html('<a href="{}">{}</a> (#{})', url, obj.key_name or "key", obj.key_id)
+
+    @admin.display(description="user")
+    def user_link(self, obj: UsageRecord) -> str:
+        if obj.user_id is None:
+            return obj.username or "–"
+        url = reverse("admin:auth_user_change", args=[obj.user_id])
+        return format_html('<a href="{}">{}</a>', url, obj.username or f"user #{obj.user_id}")
+
+    @admin.display(description="deployment")
+    def deployment_link(self, obj: UsageRecord) -> str:
+        if obj.deployment_id is None:
+            return "–"
+        url = reverse("admin:gateway_deployment_change", args=[obj.deployment_id])
+        return format_html('<a href="{}">{} → {}/{}</a>', url, obj.model, obj.provider, obj.upstream_model)
+
+    @admin.display(description="MLflow trace")
+    def trace_link(self, obj: UsageRecord) -> str:
+        if not obj.mlflow_trace_id:
+            return "not exported yet"
+        url = reverse("admin:tracking_usagerecord_trace", args=[obj.pk])
+        return format_html('<a href="{}" target="_blank" rel="noopener">{}</a>', url, obj.mlflow_trace_id)
 
     # Records are facts: read-only (deletion stays possible, e.g. for a data-protection request).
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -191,6 +257,7 @@ class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
         own = [
             path("dashboard/", self.admin_site.admin_view(self.dashboard_view), name="tracking_dashboard"),
             path("export.csv", self.admin_site.admin_view(self.export_view), name="tracking_usagerecord_csv"),
+            path("<int:pk>/trace/", self.admin_site.admin_view(self.trace_view), name="tracking_usagerecord_trace"),
         ]
         return own + super().get_urls()
 
@@ -201,15 +268,19 @@ class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
         changelist: ChangeList = self.get_changelist_instance(request)
         return csv_response(changelist.get_queryset(request))
 
+    def trace_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """To the record's trace in the MLflow UI (its experiment id is looked up when asked, not stored)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        url = export.trace_url(get_object_or_404(UsageRecord, pk=pk))
+        if not url:
+            raise Http404("This record is not in MLflow yet.")
+        return redirect(url)
+
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        try:
-            days = int(request.GET.get("days", 14))
-        except ValueError:
-            days = 14
-        days = days if days in DASHBOARD_DAYS else 14
-        data = usage.dashboard(days)
+        data = usage.dashboard(dashboard_days(request))
         context = {
             **self.admin_site.each_context(request),
             "title": "Usage dashboard",

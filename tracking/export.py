@@ -78,6 +78,18 @@ def experiment_id(mlflow_client: MlflowClient, name: str) -> str:
     return eid
 
 
+def trace_url(record: UsageRecord) -> str:
+    """The record's trace in the MLflow UI (MLFLOW_UI_URL); "" before it is exported. The UI addresses
+    experiments by id, which is looked up (once per name) from the experiment name the record keeps."""
+    if not record.mlflow_trace_id:
+        return ""
+    eid = experiment_id(client(), record.mlflow_experiment or record.experiment_name)
+    # The trace drawer's parameter was renamed between MLflow 2 and 3 UIs; both are given.
+    trace = record.mlflow_trace_id
+    return (f"{settings.MLFLOW_UI_URL}/#/experiments/{eid}/traces"
+            f"?selectedEvaluationId={trace}&selectedTraceId={trace}")
+
+
 def artifact_location(name: str) -> str | None:
     root = settings.MLFLOW_ARTIFACT_ROOT
     return f"{root.rstrip('/')}/{re.sub(r'[^A-Za-z0-9._-]', '_', name)}" if root else None

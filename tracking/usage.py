@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
@@ -36,6 +36,35 @@ def usage_today_by_key(key_ids: list[int]) -> dict[int, dict[str, int]]:
         .annotate(requests=Count("id"), tokens=Coalesce(Sum("total_tokens"), 0))
     )
     return {row["key_id"]: {"requests": row["requests"], "tokens": row["tokens"]} for row in rows}
+
+
+def today_by_key_annotations() -> dict[str, Any]:
+    """Annotations for an ApiKey queryset: `requests_today` and `tokens_today` since midnight UTC, as two
+    correlated subqueries (the admin's key list: one query for the page, not one per key)."""
+    today = UsageRecord.objects.filter(key_id=OuterRef("pk"), created__gte=start_of_today()).order_by().values("key_id")
+    return {
+        "requests_today": Subquery(today.annotate(n=Count("id")).values("n")[:1]),
+        "tokens_today": Subquery(today.annotate(n=Coalesce(Sum("total_tokens"), 0)).values("n")[:1]),
+    }
+
+
+def recent_by_deployment(deployment_ids: list[int], since: dt.datetime) -> dict[int, dict[str, Any]]:
+    """{deployment id: {"requests", "ok", "success_rate", "p50"}} since `since` (the quota board's health
+    columns): one grouped query, then one percentile query per deployment that answered."""
+    rows = (
+        UsageRecord.objects.since(since).filter(deployment_id__in=deployment_ids).values("deployment_id")
+        .annotate(requests=Count("id"), ok_count=Count("id", filter=Q(ok=True)), timed=Count("latency_ms"))
+    )
+    out: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        timed = UsageRecord.objects.since(since).filter(deployment_id=row["deployment_id"], latency_ms__isnull=False)
+        out[row["deployment_id"]] = {
+            "requests": row["requests"],
+            "ok": row["ok_count"],
+            "success_rate": _rate(row["ok_count"], row["requests"]),
+            "p50": percentile_of(timed, row["timed"], 50),
+        }
+    return out
 
 
 def percentile_of(rows: QuerySet[UsageRecord], count: int, pct: int) -> float | None:

@@ -1,7 +1,9 @@
 // Draws the usage dashboard's charts from the JSON the page embeds (#usage-data), with the vendored Chart.js.
 (function () {
   "use strict";
-  const data = JSON.parse(document.getElementById("usage-data").textContent);
+  const embedded = document.getElementById("usage-data");
+  if (!embedded) return;  // a staff user who may not view usage sees the console's home without it
+  const data = JSON.parse(embedded.textContent);
   const palette = ["#417690", "#e07a1f", "#2e9e5b", "#c0392b", "#8e44ad", "#16a085", "#d4ac0d", "#5d6d7e",
                    "#a04000", "#1f618d", "#7d3c98", "#117864"];
   const color = (i) => palette[i % palette.length];
@@ -27,27 +29,31 @@
     });
   }
 
+  // Each bar is a percent of its OWN limit: RPM (tens) and TPM (a million) never share one axis.
   function quota() {
     const canvas = document.getElementById("chart-quota");
     if (!canvas) return;
-    const rows = data.quota;
+    const rows = data.quota.slice().sort((a, b) => b.percent - a.percent);
     new Chart(canvas, {
       type: "bar",
       data: {
         labels: rows.map((r) => r.label),
-        datasets: [
-          // Overlaid, not side by side: the used bar drawn over its grey limit bar.
-          { label: "used", data: rows.map((r) => r.used), grouped: false, order: 0,
-            backgroundColor: rows.map((r) => (r.used >= r.limit ? "#c0392b" : r.percent >= 80 ? "#e07a1f" : "#2e9e5b")) },
-          { label: "limit", data: rows.map((r) => r.limit), grouped: false, order: 1, backgroundColor: "rgba(128,128,128,0.25)" },
-        ],
+        datasets: [{
+          label: "% of the limit used",
+          data: rows.map((r) => r.percent),
+          backgroundColor: rows.map((r) => (r.percent >= 100 ? "#c0392b" : r.percent >= 80 ? "#e07a1f" : "#2e9e5b")),
+        }],
       },
       options: {
         indexAxis: "y",
         maintainAspectRatio: false,
-        scales: { x: { beginAtZero: true } },
+        scales: {
+          x: { beginAtZero: true, max: 100, title: { display: true, text: "% of the limit" } },
+          y: { ticks: { autoSkip: false } },
+        },
         plugins: {
-          tooltip: { callbacks: { afterLabel: (ctx) => rows[ctx.dataIndex].percent + "% of the limit" } },
+          legend: { display: false },
+          tooltip: { callbacks: { label: (ctx) => rows[ctx.dataIndex].used + " of " + rows[ctx.dataIndex].limit + " (" + rows[ctx.dataIndex].percent + "%)" } },
         },
       },
     });
