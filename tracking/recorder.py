@@ -31,12 +31,16 @@ from tracking import tags as usage_tags
 
 if TYPE_CHECKING:
     from gateway.calls import Call
+    from gateway.pricing import DeploymentPrice
     from tracking.models import BodyLoggingRule, UsageRecord
 
 log = logging.getLogger(__name__)
 
 # Rules that keep bodies are re-read at most this often (seconds), by the writer thread, never per request.
 RULES_REFRESH_SECONDS = 5.0
+# Deployment prices likewise (and at once when a batch names a deployment not seen yet): a price changed in
+# the admin applies to the calls recorded from then on, within this many seconds.
+PRICES_REFRESH_SECONDS = 5.0
 
 
 class Recorder:
@@ -50,6 +54,8 @@ class Recorder:
         self.pid = 0
         self.rules: list[BodyLoggingRule] = []
         self.rules_loaded = -RULES_REFRESH_SECONDS
+        self.prices: dict[int, DeploymentPrice] = {}
+        self.prices_loaded = -PRICES_REFRESH_SECONDS
         self.dropped = 0
         # Set by shutdown(): no time left to import LiteLLM (seconds) just to count tokens, see _count.
         self.closing = False
@@ -130,10 +136,11 @@ class Recorder:
         from tracking.models import UsageRecord
 
         rules = self._body_rules()
+        prices = self._prices(batch)
         rows = []
         for call in batch:
             try:
-                rows.append(build_record(call, rules))
+                rows.append(build_record(call, rules, prices))
             except Exception:
                 # One malformed call must not block every record behind it.
                 log.exception("could not build the usage record of %s; skipped", call.request_id)
@@ -159,6 +166,18 @@ class Recorder:
             self.rules = list(BodyLoggingRule.objects.active())
             self.rules_loaded = now
         return self.rules
+
+    def _prices(self, batch: list[Call]) -> dict[int, DeploymentPrice]:
+        """{deployment id: its price}: one query every few seconds per worker, never one per record."""
+        from gateway import pricing
+        from gateway.models import Deployment
+
+        now = time.monotonic()
+        unseen = any(call.route is not None and call.route.id not in self.prices for call in batch)
+        if unseen or now - self.prices_loaded >= PRICES_REFRESH_SECONDS:
+            self.prices = {d.pk: pricing.for_deployment(d) for d in Deployment.objects.select_related("provider")}
+            self.prices_loaded = now
+        return self.prices
 
     def forget_rules(self) -> None:
         """Re-read the body rules on the next write (after the admin changed them, in this process)."""
@@ -200,7 +219,8 @@ def _copy(rows: list[UsageRecord]) -> bool:
 # --- turning a Call into a record ---------------------------------------------------------------------------
 
 
-def build_record(call: Call, rules: list[BodyLoggingRule]) -> UsageRecord:
+def build_record(call: Call, rules: list[BodyLoggingRule],
+                 prices: dict[int, DeploymentPrice] | None = None) -> UsageRecord:
     from tracking.models import UsageRecord
 
     principal, route = call.principal, call.route
@@ -237,6 +257,10 @@ def build_record(call: Call, rules: list[BodyLoggingRule]) -> UsageRecord:
     if route is not None and (call.status == 200 or disconnected):
         count_missing_tokens(record, call)
     record.total_tokens = _total(record.prompt_tokens, record.completion_tokens)
+    price = prices.get(route.id) if prices and route is not None else None
+    if price is not None:
+        cost = price.cost(record.prompt_tokens, record.completion_tokens)
+        record.cost_usd, record.list_cost_usd = cost.usd, cost.list_usd
     if any(rule.matches(record.model, record.key_id) for rule in rules):
         keep_bodies(record, call)
     return without_nul(record)
