@@ -10,9 +10,12 @@ from django.contrib.auth.admin import UserAdmin
 from django.db.models import Count, Q, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
+from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
+from accounts import usage
 from accounts.forms import ApiKeyAdminForm, KeyPolicyForm
 from accounts.models import ApiKey, ApiKeyModelLimit, KeyPolicy
 from gateway import quota
@@ -55,7 +58,7 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     list_select_related = ["owner"]
     search_fields = ["name", "prefix", "owner__username", "owner__email"]
     autocomplete_fields = ["owner"]
-    readonly_fields = ["key_prefix", "status_badge", "created", "last_used", "revoked_at"]
+    readonly_fields = ["key_prefix", "status_badge", "created", "last_used", "revoked_at", "spend"]
     inlines = [ModelLimitInline]
     actions = ["revoke", "extend_30_days"]
     date_hierarchy = "created"
@@ -63,6 +66,7 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
         (None, {"fields": ["owner", "name", "key_prefix", "status_badge", "expires", "allowed_models"]}),
         ("Limits", {"fields": ["rpm", "rpd", "tokens_per_day", "tokens_per_month"]}),
         ("Metadata", {"fields": ["tags", "created", "last_used", "revoked_at"]}),
+        ("Spend", {"fields": ["spend"]}),
     ]
 
     def get_fieldsets(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
@@ -82,6 +86,10 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     def usage_today(self, obj: ApiKey) -> str:
         """The key's own limits against its live counters (per-model limits are on the key's page)."""
         return quota.summary(quota.key_wide_limits(obj.pk, obj))
+
+    @admin.display(description="spend (USD)")
+    def spend(self, obj: ApiKey) -> SafeString:
+        return render_to_string("tracking/_spend_periods.html", usage.key_spend(obj.pk))
 
     @admin.display(description="key", ordering="prefix")
     def key_prefix(self, obj: ApiKey) -> str:
@@ -144,6 +152,15 @@ admin.site.unregister(User)
 class PortalUserAdmin(UserAdmin):
     inlines = [KeyPolicyInline]
     list_display = ["username", "email", "is_staff", "is_active", "active_keys", "last_login"]
+    readonly_fields = ["spend"]
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        fieldsets = super().get_fieldsets(request, obj)
+        return fieldsets if obj is None else [*fieldsets, ("Spend", {"fields": ["spend"]})]
+
+    @admin.display(description="spend (USD), all keys")
+    def spend(self, obj: Any) -> SafeString:
+        return render_to_string("tracking/_spend_periods.html", usage.user_spend(obj.pk))
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         now = timezone.now()

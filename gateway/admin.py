@@ -14,7 +14,7 @@ from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from gateway import catalog, copilot, quota, upstream
+from gateway import catalog, copilot, pricing, quota, upstream
 from gateway.models import ConfigSetting, Deployment, Provider, ProviderKind, QuotaPool
 
 
@@ -139,8 +139,18 @@ class DeploymentAdmin(admin.ModelAdmin[Deployment]):
     fieldsets = [
         (None, {"fields": ["public_name", "provider", "upstream_model", "priority", "enabled"]}),
         ("Limits", {"fields": ["rpm", "tpm", "rpd", "tpd", "pool", "max_wait_seconds"]}),
+        ("Price", {"fields": ["billing", "input_price_per_mtok", "output_price_per_mtok", "cost_map_model",
+                              "price_in_effect"]}),
         ("Advanced", {"classes": ["collapse"], "fields": ["litellm_params", "model_info", "extra"]}),
     ]
+    readonly_fields = ["price_in_effect"]
+
+    @admin.display(description="price in effect")
+    def price_in_effect(self, obj: Deployment | None) -> str:
+        """How calls are charged with the saved settings (free or not; which price, from where)."""
+        if obj is None or obj.pk is None:
+            return "— (save first)"
+        return pricing.for_deployment(obj).describe()
 
     @admin.display(description="limits")
     def limits(self, obj: Deployment) -> str:

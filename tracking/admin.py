@@ -23,12 +23,13 @@ from django.utils.functional import cached_property
 
 from tracking import recorder, usage
 from tracking.models import BodyLoggingRule, ModelUsageRun, UsageRecord
+from tracking.templatetags.spend import usd
 
 CSV_FIELDS = [
     "request_id", "created", "ended", "endpoint", "key_id", "key_name", "user_id", "username", "model",
     "deployment_id", "provider", "upstream_model", "status", "ok", "error_code", "streamed",
     "client_disconnected", "attempts", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
-    "total_tokens", "tokens_counted", "client_ip", "tags", "exported_at",
+    "total_tokens", "tokens_counted", "cost_usd", "list_cost_usd", "client_ip", "tags", "exported_at",
 ]
 DASHBOARD_DAYS = (1, 7, 14, 30, 90)
 
@@ -147,7 +148,7 @@ def _cell(value: Any) -> Any:
 class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
     list_display = [
         "created", "model", "key_name", "username", "status", "ok", "streamed", "latency", "ttft", "total_tokens",
-        "provider", "request_id",
+        "cost", "provider", "request_id",
     ]
     list_filter = [ModelFilter, KeyFilter, StatusFilter, "streamed", ("created", admin.DateFieldListFilter)]
     search_fields = ["=request_id", "key_name", "username"]
@@ -164,6 +165,7 @@ class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
                               "client_disconnected"]}),
         ("Usage and timing", {"fields": ["prompt_tokens", "completion_tokens", "total_tokens", "tokens_counted",
                                          "latency_ms", "ttft_ms"]}),
+        ("Cost", {"fields": ["cost_usd", "list_cost_usd"]}),
         ("Bodies", {"fields": ["request_body", "response_body", "bodies_truncated"], "classes": ["collapse"]}),
         ("MLflow", {"fields": ["exported_at", "mlflow_experiment", "mlflow_trace_id"]}),
     ]
@@ -175,6 +177,13 @@ class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
     @admin.display(description="TTFT (ms)", ordering="ttft_ms")
     def ttft(self, obj: UsageRecord) -> str:
         return "" if obj.ttft_ms is None else f"{obj.ttft_ms:.0f}"
+
+    @admin.display(description="cost", ordering="cost_usd")
+    def cost(self, obj: UsageRecord) -> str:
+        """What the call cost; on a free tier, 0 and what it was worth at list price."""
+        if obj.cost_usd == 0 and obj.list_cost_usd:
+            return f"{usd(0)} (list {usd(obj.list_cost_usd)})"
+        return usd(obj.cost_usd)
 
     # Records are facts: read-only (deletion stays possible, e.g. for a data-protection request).
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -215,6 +224,7 @@ class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
             "title": "Usage dashboard",
             "opts": self.model._meta,
             "data": data,
+            "spend": usage.spend_dashboard(days),
             "day_choices": DASHBOARD_DAYS,
         }
         return TemplateResponse(request, "tracking/dashboard.html", context)
