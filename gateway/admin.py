@@ -8,13 +8,13 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from gateway import catalog, copilot, pricing, quota, upstream
+from gateway import catalog, copilot, playground, pricing, quota, upstream
 from gateway.models import ConfigSetting, Deployment, Provider, ProviderKind, QuotaPool
 
 
@@ -144,6 +144,45 @@ class DeploymentAdmin(admin.ModelAdmin[Deployment]):
         ("Advanced", {"classes": ["collapse"], "fields": ["litellm_params", "model_info", "extra"]}),
     ]
     readonly_fields = ["price_in_effect"]
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view  # staff only, CSRF-protected, never cached
+        return [
+            path("playground/", view(self.playground_view), name="gateway_playground"),
+            path("playground/chat/", view(self.playground_chat), name="gateway_playground_chat"),
+            *super().get_urls(),
+        ]
+
+    def _may_play(self, request: HttpRequest) -> None:
+        # A playground call spends the providers' quota, as the Test action does: for those who may change models.
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+
+    def playground_view(self, request: HttpRequest) -> HttpResponse:
+        self._may_play(request)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Playground",
+            "models": playground.model_choices(),
+            "chat_url": reverse("admin:gateway_playground_chat"),
+        }
+        return TemplateResponse(request, "admin/gateway/playground.html", context)
+
+    def playground_chat(self, request: HttpRequest) -> HttpResponse:
+        """The page's JavaScript posts here; the answer streams back from the portal's own /v1."""
+        self._may_play(request)
+        if request.method != "POST":
+            return JsonResponse({"error": {"message": "Use POST."}}, status=405)
+        try:
+            chat = playground.parse(request.body, {m["name"] for m in playground.model_choices()})
+        except playground.PlaygroundError as e:
+            return JsonResponse({"error": {"message": str(e)}}, status=400)
+        stream = playground.relay(chat, playground.api_base(request), request.user.get_username())
+        response = StreamingHttpResponse(stream, content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
 
     @admin.display(description="price in effect")
     def price_in_effect(self, obj: Deployment | None) -> str:

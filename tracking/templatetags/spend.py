@@ -12,8 +12,8 @@ register = template.Library()
 
 @register.filter
 def usd(value: Any) -> str:
-    """$12.34 from a dollar up, $0.0123 down to a cent, then four significant digits ($0.00001234);
-    "–" when no price is known."""
+    """$12.34 from a dollar up, $0.0123 down to a cent, then up to four significant digits ($0.00001234,
+    $0.000024); "–" when no price is known. The playground's script formats the same way."""
     if value is None or value == "":
         return "–"
     try:
@@ -29,6 +29,6 @@ def usd(value: Any) -> str:
         text = f"{amount:.4f}"
     else:
         # Four significant digits: as many decimals as the first non-zero digit needs, plus three.
-        places = -size.adjusted() + 3
-        text = f"{amount:.{places}f}"
+        places = min(-size.adjusted() + 3, 10)
+        text = f"{amount:.{places}f}".rstrip("0")
     return f"-${text[1:]}" if text.startswith("-") else f"${text}"
