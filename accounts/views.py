@@ -42,7 +42,7 @@ def key_list(request: HttpRequest) -> HttpResponse:
         "keys": keys,
         "active_count": active,
         "cap": policy.key_cap,
-        "spend": usage.user_spend(request.user.pk),
+        "spend": usage.user_spend(request.user.pk or 0),  # self_service: always a logged-in user
     }
     return render(request, "accounts/key_list.html", context)
 

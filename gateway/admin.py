@@ -9,6 +9,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -169,7 +170,7 @@ class DeploymentAdmin(admin.ModelAdmin[Deployment]):
         }
         return TemplateResponse(request, "admin/gateway/playground.html", context)
 
-    def playground_chat(self, request: HttpRequest) -> HttpResponse:
+    def playground_chat(self, request: HttpRequest) -> HttpResponseBase:
         """The page's JavaScript posts here; the answer streams back from the portal's own /v1."""
         self._may_play(request)
         if request.method != "POST":

@@ -118,7 +118,7 @@ def api_base(request: HttpRequest) -> str:
     if settings.PLAYGROUND_API_BASE:
         return str(settings.PLAYGROUND_API_BASE)
     host, port = request.META.get("SERVER_NAME", ""), request.META.get("SERVER_PORT", "")
-    if host in ("", "unknown", "0.0.0.0", "::"):
+    if host in ("", "unknown", "0.0.0.0", "::"):  # noqa: S104  (a wildcard bind, reached on loopback)
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"

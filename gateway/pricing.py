@@ -176,7 +176,7 @@ def cost_map() -> tuple[dict[str, tuple[Any, ...]], dict[str, str]]:
     prices: dict[str, tuple[Any, ...]] = {}
     by_bare: dict[str, tuple[int, str]] = {}
     for name, entry in raw.items():
-        if not isinstance(entry, dict) or "input_cost_per_token" not in entry and "output_cost_per_token" not in entry:
+        if not isinstance(entry, dict) or not entry.keys() & {"input_cost_per_token", "output_cost_per_token"}:
             continue
         try:
             prices[name] = _fields(entry)

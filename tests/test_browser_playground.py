@@ -1,7 +1,7 @@
 """The playground and the spend views in a real Chromium (Debian's `chromium`, driven by Playwright), against
 the real portal and the mock upstream: an operator chats with a model and sees the streamed answer, the
 deployment that served it, its timings, tokens, cost and quota headers; then the spend on the dashboard, the
-key's admin page and the user's own key page. Screenshots (1280×800) go to docs/screenshots/.
+key's admin page and the user's own key page. Screenshots (1280x800) go to docs/screenshots/.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import make_deployment, make_provider
 from tests.mock_upstream import Behaviour
-from tests.personas import PASSWORD, issue, personas  # noqa: F401  (fixture)
+from tests.personas import PASSWORD, issue
 from tracking import recorder
 from tracking.models import UsageRecord
 from tracking.templatetags.spend import usd

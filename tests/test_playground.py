@@ -13,7 +13,6 @@ from django.test import Client
 from django.urls import reverse
 
 from tests.conftest import make_deployment, make_provider
-from tests.personas import personas  # noqa: F401  (fixture)
 from tracking import recorder
 from tracking.models import UsageRecord
 

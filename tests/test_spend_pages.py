@@ -11,7 +11,7 @@ from django.test import Client
 from django.urls import reverse
 
 from tests.conftest import make_deployment, make_provider
-from tests.personas import issue, personas  # noqa: F401  (fixture)
+from tests.personas import issue
 from tracking import recorder
 from tracking.models import UsageRecord
 from tracking.templatetags.spend import usd

@@ -13,7 +13,7 @@ register = template.Library()
 @register.filter
 def usd(value: Any) -> str:
     """$12.34 from a dollar up, $0.0123 down to a cent, then up to four significant digits ($0.00001234,
-    $0.000024); "–" when no price is known. The playground's script formats the same way."""
+    $0.000024); a dash when no price is known. The playground's script formats the same way."""
     if value is None or value == "":
         return "–"
     try:
