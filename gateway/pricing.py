@@ -124,10 +124,28 @@ def is_free(d: Any) -> bool:
 
 
 def list_price(d: Any) -> Price | None:
+    """The admin's price, else LiteLLM's custom pricing from an imported config (`input_cost_per_token` /
+    `output_cost_per_token` in litellm_params or model_info), else the cost map's entry."""
     if d.input_price_per_mtok is not None and d.output_price_per_mtok is not None:
         return Price(Decimal(d.input_price_per_mtok) / MILLION, Decimal(d.output_price_per_mtok) / MILLION,
                      "deployment price")
+    for source, params in (("litellm_params", d.litellm_params), ("model_info", d.model_info)):
+        custom = _custom_price(params, source)
+        if custom is not None:
+            return custom
     return cost_map_price(cost_map_names(d))
+
+
+def _custom_price(params: Any, source: str) -> Price | None:
+    if not isinstance(params, dict) or not params.keys() & {"input_cost_per_token", "output_cost_per_token"}:
+        return None
+    try:
+        inp = Decimal(str(params.get("input_cost_per_token") or 0))
+        out = Decimal(str(params.get("output_cost_per_token") or 0))
+    except ArithmeticError:
+        log.warning("ignored a custom price in %s that is not a number", source)
+        return None
+    return Price(inp, out, f"{source} of the config")
 
 
 def cost_map_names(d: Any) -> list[str]:

@@ -135,6 +135,13 @@ def test_an_operators_cost_map_entry_prices_a_local_model():
     assert price.cost(2000, 1000).list_usd == litellm_cost("deepinfra/google/gemma-3-12b-it", 2000, 1000)
 
 
+def test_litellms_custom_pricing_of_an_imported_config_is_honoured():
+    imported = deployment("openai_compatible", "my-own-model",
+                          litellm_params={"input_cost_per_token": 0.000002, "output_cost_per_token": 0.000004})
+
+    assert pricing.for_deployment(imported).cost(1000, 500) == pricing.Cost(Decimal("0.004"), Decimal("0.004"))
+
+
 def test_a_budget_estimate_prices_the_prompt_and_the_whole_completion_allowance():
     paid = pricing.for_deployment(deployment("openai", "gpt-4o-mini", input_price_per_mtok=Decimal(1),
                                              output_price_per_mtok=Decimal(4)))
