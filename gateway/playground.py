@@ -141,28 +141,34 @@ async def relay(chat: ChatRequest, base: str, operator: str) -> AsyncIterator[by
     usage: dict[str, Any] | None = None
     request_id = ""
     timeout = httpx.Timeout(settings.UPSTREAM_TIMEOUT + 10, connect=10)
-    async with httpx.AsyncClient(timeout=timeout) as client, \
-            client.stream("POST", f"{base}/v1/chat/completions", json=chat.body(), headers=headers) as response:
-        request_id = response.headers.get("x-request-id", "")
-        yield event("meta", {
-            "status": response.status_code,
-            "request_id": request_id,
-            "ratelimit": {k: v for k, v in response.headers.items() if k.lower().startswith("x-ratelimit-")},
-            "retry_after": response.headers.get("retry-after"),
-        })
-        if response.status_code != 200:
-            body = await response.aread()
-            yield event("failure", _error_of(body, response.status_code))
-        else:
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload != "[DONE]":
-                    if first is None and _has_content(payload):
-                        first = time.perf_counter()
-                    usage = _usage_of(payload) or usage
-                yield f"data: {payload}\n\n".encode()
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client, \
+                client.stream("POST", f"{base}/v1/chat/completions", json=chat.body(), headers=headers) as response:
+            request_id = response.headers.get("x-request-id", "")
+            yield event("meta", {
+                "status": response.status_code,
+                "request_id": request_id,
+                "ratelimit": {k: v for k, v in response.headers.items() if k.lower().startswith("x-ratelimit-")},
+                "retry_after": response.headers.get("retry-after"),
+            })
+            if response.status_code != 200:
+                body = await response.aread()
+                yield event("failure", _error_of(body, response.status_code))
+            else:
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload != "[DONE]":
+                        if first is None and _has_content(payload):
+                            first = time.perf_counter()
+                        usage = _usage_of(payload) or usage
+                    yield f"data: {payload}\n\n".encode()
+    except httpx.HTTPError as e:
+        # The portal's own /v1 out of reach (a wrong PLAYGROUND_API_BASE) or gone mid-stream: say so on the page.
+        log.warning("playground: calling %s/v1 failed: %s", base, type(e).__name__)
+        message = f"The playground could not call {base}/v1 ({type(e).__name__}); see PLAYGROUND_API_BASE."
+        yield event("failure", {"status": 502, "message": message, "code": "playground_unreachable"})
     total = time.perf_counter() - started
     summary = {
         "ttft_ms": round((first - started) * 1000, 1) if first is not None else None,

@@ -115,3 +115,17 @@ def test_a_quota_refusal_comes_back_as_the_v1_path_gave_it(operator_session, ups
     (_, meta), (name, failure) = stream[0], stream[1]
     assert meta["status"] == 429 and int(meta["retry_after"]) > 0
     assert name == "failure" and failure["code"] == "rate_limit_exceeded"
+
+
+def test_an_unreachable_v1_is_told_on_the_page_not_dropped(operator_session, upstream, settings):
+    from tests.conftest import free_port
+
+    make_deployment(make_provider(upstream))
+    settings.PLAYGROUND_API_BASE = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    session, token = operator_session
+
+    stream = events(session.post(reverse(CHAT), json=HELLO, headers={"X-CSRFToken": token}).content)
+
+    name, failure = stream[0]
+    assert name == "failure" and failure["code"] == "playground_unreachable"
+    assert stream[-1][0] == "summary"

@@ -116,6 +116,7 @@
     if (name === "meta") { onMeta(JSON.parse(text)); }
     else if (name === "failure") {
       const failure = JSON.parse(text);
+      if (failure.code === "playground_unreachable") { setFact("pg-status", String(failure.status)); }
       answer.parentElement.classList.add("error");
       answer.textContent = "Error " + failure.status + (failure.code ? " (" + failure.code + ")" : "") + ": " + failure.message;
     }
