@@ -112,3 +112,20 @@ def test_a_user_sees_their_own_spend_and_nobody_elses_on_the_key_pages(portal, p
     assert 'id="my-spend"' in listing and usd(mine) in listing
     assert 'id="key-spend"' in detail and usd(mine) in detail
     assert usd(bobs_cost) not in listing
+
+
+def test_a_deployments_change_page_says_which_price_applies(db, personas, upstream):
+    provider = make_provider(upstream, name="github", kind="github_models")
+    free = make_deployment(provider, public_name="github/gpt-4.1", upstream_model="openai/gpt-4.1")
+    operator = logged_in(personas.operator)
+
+    page = operator.get(reverse("admin:gateway_deployment_change", args=[free.pk])).content.decode()
+
+    assert "free tier; list price $2 in / $8 out per 1M tokens (cost map: gpt-4.1)" in page
+    response = operator.post(reverse("admin:gateway_deployment_change", args=[free.pk]), {
+        "public_name": free.public_name, "provider": provider.pk, "upstream_model": free.upstream_model,
+        "priority": 0, "enabled": "on", "max_wait_seconds": 0, "billing": "paid", "input_price_per_mtok": "1.5",
+        "litellm_params": "{}", "model_info": "{}", "extra": "{}",
+    })
+    assert response.status_code == 200  # not saved: one price without the other
+    assert "Set both prices" in response.content.decode()
