@@ -19,6 +19,8 @@ from accounts import usage
 from accounts.forms import ApiKeyAdminForm, KeyPolicyForm
 from accounts.models import ApiKey, ApiKeyModelLimit, KeyPolicy
 from gateway import quota
+from tracking import usage as tracking_usage
+from tracking.templatetags.spend import usd
 
 User = get_user_model()
 
@@ -53,7 +55,8 @@ STATUS_COLOURS = {"active": "#1a7f37", "revoked": "#b42318", "expired": "#8a6d00
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     form = ApiKeyAdminForm
-    list_display = ["name", "owner", "key_prefix", "status_badge", "usage_today", "expires", "last_used", "models"]
+    list_display = ["name", "owner", "key_prefix", "status_badge", "usage_today", "spend_30_days", "expires",
+                    "last_used", "models"]
     list_filter = [StatusFilter, "created", "expires", "last_used"]
     list_select_related = ["owner"]
     search_fields = ["name", "prefix", "owner__username", "owner__email"]
@@ -68,6 +71,13 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
         ("Metadata", {"fields": ["tags", "created", "last_used", "revoked_at"]}),
         ("Spend", {"fields": ["spend"]}),
     ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
+        return super().get_queryset(request).annotate(spent_30_days=tracking_usage.cost_subquery("key_id"))
+
+    @admin.display(description="spent (30 days)", ordering="spent_30_days")
+    def spend_30_days(self, obj: ApiKey) -> str:
+        return usd(getattr(obj, "spent_30_days", None) or 0)
 
     def get_fieldsets(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
         if obj is None:  # nothing to show read-only before the key exists
@@ -151,8 +161,12 @@ admin.site.unregister(User)
 @admin.register(User)
 class PortalUserAdmin(UserAdmin):
     inlines = [KeyPolicyInline]
-    list_display = ["username", "email", "is_staff", "is_active", "active_keys", "last_login"]
+    list_display = ["username", "email", "is_staff", "is_active", "active_keys", "spend_30_days", "last_login"]
     readonly_fields = ["spend"]
+
+    @admin.display(description="spent (30 days)", ordering="spent_30_days")
+    def spend_30_days(self, obj: Any) -> str:
+        return usd(getattr(obj, "spent_30_days", None) or 0)
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         fieldsets = super().get_fieldsets(request, obj)
@@ -166,7 +180,9 @@ class PortalUserAdmin(UserAdmin):
         now = timezone.now()
         active = Q(api_keys__revoked_at__isnull=True) & (Q(api_keys__expires__isnull=True) |
                                                          Q(api_keys__expires__gt=now))
-        return super().get_queryset(request).annotate(n_active_keys=Count("api_keys", filter=active))
+        return super().get_queryset(request).annotate(
+            n_active_keys=Count("api_keys", filter=active), spent_30_days=tracking_usage.cost_subquery("user_id")
+        )
 
     @admin.display(description="active keys", ordering="n_active_keys")
     def active_keys(self, obj: Any) -> int:

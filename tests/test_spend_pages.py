@@ -129,3 +129,26 @@ def test_a_deployments_change_page_says_which_price_applies(db, personas, upstre
     })
     assert response.status_code == 200  # not saved: one price without the other
     assert "Set both prices" in response.content.decode()
+
+
+def test_the_key_and_user_lists_show_30_days_of_spend_in_one_query(portal, priced, personas,
+                                                                    django_assert_max_num_queries):
+    _, token = issue(personas.alice, "laptop")
+    issue(personas.bob, "idle")
+    call(portal, token, "paid-model", 2)
+    recorder.flush()
+    spent = usd(sum(r.cost_usd for r in UsageRecord.objects.all()))
+    operator = logged_in(personas.operator)
+
+    keys = operator.get(reverse("admin:accounts_apikey_changelist")).content.decode()
+    users = operator.get(reverse("admin:auth_user_changelist")).content.decode()
+
+    assert f'<td class="field-spend_30_days">{spent}</td>' in keys
+    assert '<td class="field-spend_30_days">$0.00</td>' in keys  # bob's idle key
+    assert f'<td class="field-spend_30_days">{spent}</td>' in users
+    with django_assert_max_num_queries(12) as counted:
+        operator.get(reverse("admin:accounts_apikey_changelist"))
+    for i in range(5):
+        issue(personas.bob, f"more-{i}")
+    with django_assert_max_num_queries(len(counted.captured_queries)):
+        operator.get(reverse("admin:accounts_apikey_changelist"))  # more keys, no more queries

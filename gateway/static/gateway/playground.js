@@ -75,6 +75,7 @@
     } else {
       served.textContent = record.provider ? record.provider + "/" + record.upstream_model : "–";
     }
+    if (record.attempts > 1) { served.append(" (after " + record.attempts + " attempts)"); }
     let cost = usd(record.cost_usd);
     if (Number(record.cost_usd) === 0 && record.list_cost_usd !== null && Number(record.list_cost_usd) > 0) {
       cost += " (free tier; list price " + usd(record.list_cost_usd) + ")";
