@@ -11,13 +11,17 @@ from django.contrib.auth.admin import UserAdmin
 from django.db.models import Count, Q, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest, HttpResponse
+from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from accounts import services, usage
 from accounts.forms import ApiKeyAdminForm, KeyPolicyForm
 from accounts.models import ApiKey, ApiKeyModelLimit, KeyPolicy
+from tracking import usage as tracking_usage
+from tracking.templatetags.spend import usd
 
 User = get_user_model()
 
@@ -52,14 +56,15 @@ STATUS_COLOURS = {"active": "#1a7f37", "revoked": "#b42318", "expired": "#8a6d00
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     form = ApiKeyAdminForm
-    # Narrow enough for 1280 px: the prefix under the name, the expiry under the status. A spend column goes
-    # after "today" (issue 19's spend work).
-    list_display = ["name_and_prefix", "owner", "status_and_expiry", "usage_today", "last_used", "models"]
+    # Narrow enough for 1280 px: the prefix under the name, the expiry under the status. The spend column
+    # follows "today".
+    list_display = ["name_and_prefix", "owner", "status_and_expiry", "usage_today", "spend_30_days", "last_used",
+                    "models"]
     list_filter = [StatusFilter, "created", "expires", "last_used"]
     list_select_related = ["owner"]
     search_fields = ["name", "prefix", "owner__username", "owner__email"]
     autocomplete_fields = ["owner"]
-    readonly_fields = ["key_prefix", "status_badge", "created", "last_used", "revoked_at"]
+    readonly_fields = ["key_prefix", "status_badge", "created", "last_used", "revoked_at", "spend"]
     inlines = [ModelLimitInline]
     actions = ["revoke", "extend_30_days"]
     # request -> plaintext of the key it created, from save_model to response_add (gone with the request).
@@ -69,7 +74,18 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
         (None, {"fields": ["owner", "name", "key_prefix", "status_badge", "expires", "allowed_models"]}),
         ("Limits", {"fields": ["rpm", "rpd", "tokens_per_day", "tokens_per_month"]}),
         ("Metadata", {"fields": ["tags", "created", "last_used", "revoked_at"]}),
+        ("Spend", {"fields": ["spend"]}),
     ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
+        # Today's use and 30 days' spend for the whole page in the list's one query (subqueries, no N+1).
+        return super().get_queryset(request).annotate(
+            **usage.today_annotations(), spent_30_days=tracking_usage.cost_subquery("key_id")
+        )
+
+    @admin.display(description="spent (30 days)", ordering="spent_30_days")
+    def spend_30_days(self, obj: ApiKey) -> str:
+        return usd(getattr(obj, "spent_30_days", None) or 0)
 
     def get_fieldsets(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
         if obj is None:  # nothing to show read-only before the key exists
@@ -83,9 +99,6 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     def get_readonly_fields(self, request: HttpRequest, obj: ApiKey | None = None) -> Any:
         # A key stays with the user it was issued to.
         return [*self.readonly_fields, "owner"] if obj is not None else self.readonly_fields
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
-        return super().get_queryset(request).annotate(**usage.today_annotations())
 
     @admin.display(description="today")
     def usage_today(self, obj: Any) -> str:
@@ -107,6 +120,10 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     def status_and_expiry(self, obj: ApiKey) -> str:
         expires = f"expires {obj.expires:%Y-%m-%d}" if obj.expires else "never expires"
         return format_html('{}<div class="quiet-small">{}</div>', self.status_badge(obj), expires)
+
+    @admin.display(description="spend (USD)")
+    def spend(self, obj: ApiKey) -> SafeString:
+        return render_to_string("tracking/_spend_periods.html", usage.key_spend(obj.pk))
 
     @admin.display(description="key", ordering="prefix")
     def key_prefix(self, obj: ApiKey) -> str:
@@ -179,13 +196,28 @@ admin.site.unregister(User)
 @admin.register(User)
 class PortalUserAdmin(UserAdmin):
     inlines = [KeyPolicyInline]
-    list_display = ["username", "email", "is_staff", "is_active", "active_keys", "last_login"]
+    list_display = ["username", "email", "is_staff", "is_active", "active_keys", "spend_30_days", "last_login"]
+    readonly_fields = ["spend"]
+
+    @admin.display(description="spent (30 days)", ordering="spent_30_days")
+    def spend_30_days(self, obj: Any) -> str:
+        return usd(getattr(obj, "spent_30_days", None) or 0)
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        fieldsets = super().get_fieldsets(request, obj)
+        return fieldsets if obj is None else [*fieldsets, ("Spend", {"fields": ["spend"]})]
+
+    @admin.display(description="spend (USD), all keys")
+    def spend(self, obj: Any) -> SafeString:
+        return render_to_string("tracking/_spend_periods.html", usage.user_spend(obj.pk))
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         now = timezone.now()
         active = Q(api_keys__revoked_at__isnull=True) & (Q(api_keys__expires__isnull=True) |
                                                          Q(api_keys__expires__gt=now))
-        return super().get_queryset(request).annotate(n_active_keys=Count("api_keys", filter=active))
+        return super().get_queryset(request).annotate(
+            n_active_keys=Count("api_keys", filter=active), spent_30_days=tracking_usage.cost_subquery("user_id")
+        )
 
     @admin.display(description="active keys", ordering="n_active_keys")
     def active_keys(self, obj: Any) -> int:

@@ -11,6 +11,7 @@ from accounts.forms import catalog_names
 from accounts.keys import load_entry
 from accounts.models import ApiKey
 from accounts.principal import KeyLimits
+from tracking import usage as tracking_usage
 from tracking.usage import today_by_key_annotations, usage_today_by_key
 
 # The limits of a key, in the order of the page's columns: (the quota's name, KeyLimits field).
@@ -36,6 +37,23 @@ def today_by_user(user_ids: list[int]) -> dict[int, dict[str, int]]:
         total["requests"] += used["requests"]
         total["tokens"] += used["tokens"]
     return totals
+
+
+def key_spend(key_id: int) -> dict[str, Any]:
+    """A key's spend for its pages: per period, and per model over 30 days."""
+    return {"periods": tracking_usage.spend_periods(key_id=key_id),
+            "models": tracking_usage.spend_by_model(key_id=key_id), "table_id": "key-spend"}
+
+
+def user_spend(user_id: int) -> dict[str, Any]:
+    """A user's spend over all their keys (records carry the user, so deleted keys still count)."""
+    return {"periods": tracking_usage.spend_periods(user_id=user_id),
+            "models": tracking_usage.spend_by_model(user_id=user_id), "table_id": "user-spend"}
+
+
+def spend_by_key(key_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """{key id: spend over 30 days} for the key list."""
+    return tracking_usage.spend_by_key(key_ids)
 
 
 def quota_rows(key: ApiKey) -> list[dict[str, Any]]:

@@ -31,12 +31,15 @@ def key_list(request: HttpRequest) -> HttpResponse:
     policy = KeyPolicy.for_user(request.user)
     active = sum(key.is_active for key in keys)
     today = usage.today_by_key([key.pk for key in keys])
+    spend = usage.spend_by_key([key.pk for key in keys])
     for key in keys:
         key.today = today.get(key.pk)  # type: ignore[attr-defined]
+        key.spend = spend.get(key.pk)  # type: ignore[attr-defined]
     context = {
         "keys": keys,
         "active_count": active,
         "cap": policy.key_cap,
+        "spend": usage.user_spend(request.user.pk or 0),  # self_service: always a logged-in user
     }
     return render(request, "accounts/key_list.html", context)
 
@@ -77,6 +80,7 @@ def _detail(request: HttpRequest, key: ApiKey, token: str | None = None, status:
         "token": token,
         "quota": usage.quota_rows(key),
         "usage": usage.today_by_key([key.pk]).get(key.pk),
+        "spend": usage.key_spend(key.pk),
     }
     return render(request, "accounts/key_detail.html", context, status=status)
 

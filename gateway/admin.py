@@ -8,13 +8,14 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from gateway import catalog, quota
+from gateway import catalog, playground, pricing, quota
 from gateway import upstreams as upstream
 from gateway.models import ConfigSetting, Deployment, Provider, ProviderKind, QuotaPool
 from gateway.upstreams import copilot
@@ -153,8 +154,57 @@ class DeploymentAdmin(FirstRunBanner, admin.ModelAdmin[Deployment]):
         (None, {"fields": ["public_name", "provider", "upstream_model", "priority", "enabled"]}),
         ("Limits", {"fields": ["rpm", "tpm", "rpd", "tpd", "pool", "max_wait_seconds"]}),
         ("Timeouts and retries", {"fields": ["timeout", "stream_timeout", "num_retries"]}),
+        ("Price", {"fields": ["billing", "input_price_per_mtok", "output_price_per_mtok", "cost_map_model",
+                              "price_in_effect"]}),
         ("Advanced", {"classes": ["collapse"], "fields": ["litellm_params", "model_info", "extra"]}),
     ]
+    readonly_fields = ["price_in_effect"]
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view  # staff only, CSRF-protected, never cached
+        return [
+            path("playground/", view(self.playground_view), name="gateway_playground"),
+            path("playground/chat/", view(self.playground_chat), name="gateway_playground_chat"),
+            *super().get_urls(),
+        ]
+
+    def _may_play(self, request: HttpRequest) -> None:
+        # A playground call spends the providers' quota, as the Test action does: for those who may change models.
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+
+    def playground_view(self, request: HttpRequest) -> HttpResponse:
+        self._may_play(request)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Playground",
+            "models": playground.model_choices(),
+            "chat_url": reverse("admin:gateway_playground_chat"),
+        }
+        return TemplateResponse(request, "admin/gateway/playground.html", context)
+
+    def playground_chat(self, request: HttpRequest) -> HttpResponseBase:
+        """The page's JavaScript posts here; the answer streams back from the portal's own /v1."""
+        self._may_play(request)
+        if request.method != "POST":
+            return JsonResponse({"error": {"message": "Use POST."}}, status=405)
+        try:
+            chat = playground.parse(request.body, {m["name"] for m in playground.model_choices()})
+        except playground.PlaygroundError as e:
+            return JsonResponse({"error": {"message": str(e)}}, status=400)
+        stream = playground.relay(chat, playground.api_base(request), request.user.get_username())
+        response = StreamingHttpResponse(stream, content_type="text/event-stream")
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+        return response
+
+    @admin.display(description="price in effect")
+    def price_in_effect(self, obj: Deployment | None) -> str:
+        """How calls are charged with the saved settings (free or not; which price, from where)."""
+        if obj is None or obj.pk is None:
+            return "— (save first)"
+        return pricing.for_deployment(obj).describe()
 
     @admin.display(description="served by", ordering="provider__name")
     def served_by(self, obj: Deployment) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import zoneinfo
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.core.cache import cache
@@ -314,6 +315,14 @@ class Provider(CatalogModel):
         return True
 
 
+class Billing(models.TextChoices):
+    """How a deployment's calls are charged (gateway.pricing turns this into a price)."""
+
+    AUTO = "auto", "Automatic: free tier for LM Studio, GitHub Models, Copilot, Gemini and OpenRouter :free models"
+    FREE = "free", "Free tier: costs 0; the list price is shown as the value of the use"
+    PAID = "paid", "Paid: the price below, else LiteLLM's cost map"
+
+
 class Deployment(CatalogModel):
     """One way to serve a public model name; several may share a name (routing picks)."""
 
@@ -354,6 +363,21 @@ class Deployment(CatalogModel):
         "deployment; never after a 429 or a 4xx. Empty: the config's router_settings.num_retries or "
         "litellm_settings.num_retries, else 0.",
     )
+    billing = models.CharField(max_length=8, choices=Billing.choices, default=Billing.AUTO)
+    input_price_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(Decimal(0))],
+        verbose_name="input price (USD / 1M tokens)",
+        help_text="Your price; empty = LiteLLM's cost map. On a free tier it is the list price of the use.",
+    )
+    output_price_per_mtok = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, validators=[MinValueValidator(Decimal(0))],
+        verbose_name="output price (USD / 1M tokens)",
+    )
+    cost_map_model = models.CharField(
+        max_length=300, blank=True, verbose_name="cost map entry",
+        help_text="The LiteLLM cost-map name to price this by, when the automatic match is wrong or missing "
+        "(e.g. gpt-4.1, gemini/gemini-2.5-flash, deepinfra/google/gemma-3-12b-it).",
+    )
     enabled = models.BooleanField(default=True)
     priority = models.IntegerField(default=0, help_text="Lower is tried first.")
     created = models.DateTimeField(auto_now_add=True)
@@ -374,6 +398,10 @@ class Deployment(CatalogModel):
         """The model string LiteLLM routes on, e.g. gemini/gemini-2.5-flash."""
         prefix = self.provider.litellm_prefix
         return f"{prefix}/{self.upstream_model}" if prefix else self.upstream_model
+
+    def clean(self) -> None:
+        if (self.input_price_per_mtok is None) != (self.output_price_per_mtok is None):
+            raise ValidationError("Set both prices (input and output), or neither to use LiteLLM's cost map.")
 
 
 class ConfigSetting(CatalogModel):

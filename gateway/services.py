@@ -9,7 +9,7 @@ from typing import Any
 from accounts import services as accounts_services
 from accounts import throttle
 from accounts.principal import KeyLimits
-from gateway import catalog, clock, quota
+from gateway import catalog, clock, pricing, quota
 from gateway.models import Deployment
 from tracking import services as tracking_services
 from tracking.usage import counted_today
@@ -75,10 +75,15 @@ def _limit_usage(d: Deployment, limits: list[quota.Limit]) -> list[dict[str, Any
     ]
 
 
+def prices() -> dict[int, pricing.DeploymentPrice]:
+    """Every deployment's price, for the usage writer (one query)."""
+    return {d.pk: pricing.for_deployment(d) for d in Deployment.objects.select_related("provider")}
+
+
 def register() -> None:
     accounts_services.gateway = accounts_services.Gateway(
         enabled_models=enabled_models, all_models=all_models, key_status=quota.key_status, key_summary=key_summary,
     )
-    tracking_services.gateway = tracking_services.Gateway(deployment_quotas=deployment_quotas)
+    tracking_services.gateway = tracking_services.Gateway(deployment_quotas=deployment_quotas, prices=prices)
     # The throttles read the portal's clock, which tests move forward instead of sleeping.
     throttle.now = clock.now

@@ -29,6 +29,8 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
 # Pages that are not model lists, shown first in their group: (group, name, url name, permission).
 PAGES = [
     ("Models and providers", "Quota board", "admin:quota_board", "gateway.view_deployment"),
+    # Spends the providers' quota, as the Test action does: for those who may change models.
+    ("Models and providers", "Playground", "admin:gateway_playground", "gateway.change_deployment"),
     # The index shows the same dashboard; its own URL keeps the sidebar's "current page" mark right.
     ("Usage", "Dashboard", "admin:tracking_dashboard", "tracking.view_usagerecord"),
 ]
@@ -74,7 +76,9 @@ class PortalAdminSite(admin.AdminSite):
 
         context: dict[str, Any] = {**self.each_context(request), "title": "Dashboard", **(extra_context or {})}
         if request.user.has_perm("tracking.view_usagerecord"):  # type: ignore[union-attr]
-            context |= {"data": usage.dashboard(dashboard_days(request)), "day_choices": DASHBOARD_DAYS}
+            days = dashboard_days(request)
+            context |= {"data": usage.dashboard(days), "spend": usage.spend_dashboard(days),
+                        "day_choices": DASHBOARD_DAYS}
         if request.user.has_perm("gateway.view_deployment"):  # type: ignore[union-attr]
             try:
                 rows = board.board()["deployments"]

@@ -339,6 +339,11 @@ KEY_QUOTA_TIMEZONE = envstr("KEY_QUOTA_TIMEZONE", "UTC")
 # How long a stored response stays usable as previous_response_id (seconds, kept in the cache).
 RESPONSES_TTL_SECONDS = envint("RESPONSES_TTL_SECONDS", "3600")
 
+# --- Playground (gateway/playground.py) ---
+# Where the admin's playground calls the portal's own /v1 (server side, with the master key). Empty = the
+# address of the socket that received the playground request (loopback to this very server).
+PLAYGROUND_API_BASE = envstr("PLAYGROUND_API_BASE", "").rstrip("/")
+
 # --- Usage records (tracking/) ---
 # Buffered records are written every USAGE_FLUSH_SECONDS, or as soon as USAGE_FLUSH_BATCH wait. Both bound what
 # a SIGKILLed worker loses (README: "Off the request path"); an INSERT of 200 rows is still one cheap statement.

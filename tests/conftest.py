@@ -153,8 +153,12 @@ def fresh_cache() -> Iterator[None]:
     """Each test starts with empty counters and a catalog reloaded from its own rows."""
     from accounts.throttle import key_failures
     from gateway import catalog, clock, quota, router
+    from tracking import recorder
 
     cache.clear()
+    # Body rules and prices are re-read by the usage writer every few seconds: not a previous test's.
+    recorder.recorder.forget_rules()
+    recorder.recorder.prices_loaded = -recorder.PRICES_REFRESH_SECONDS
     quota.store().clear()
     router._failures.clear()
     key_failures.reset()

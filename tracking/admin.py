@@ -25,12 +25,13 @@ from django.utils.html import format_html
 
 from tracking import export, recorder, usage
 from tracking.models import BodyLoggingRule, ModelUsageRun, UsageRecord
+from tracking.templatetags.spend import usd
 
 CSV_FIELDS = [
     "request_id", "created", "ended", "endpoint", "key_id", "key_name", "user_id", "username", "model",
     "deployment_id", "provider", "upstream_model", "status", "ok", "error_code", "streamed",
     "client_disconnected", "attempts", "latency_ms", "ttft_ms", "prompt_tokens", "completion_tokens",
-    "total_tokens", "tokens_counted", "client_ip", "tags", "exported_at",
+    "total_tokens", "tokens_counted", "cost_usd", "list_cost_usd", "client_ip", "tags", "exported_at",
 ]
 DASHBOARD_DAYS = (1, 7, 14, 30, 90)
 
@@ -163,9 +164,8 @@ def _cell(value: Any) -> Any:
 
 @admin.register(UsageRecord)
 class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
-    # Seven narrow columns fit 1280 px; user, request id, route and MLflow are on the record's page. A cost
-    # column goes after "tokens" (issue 19's spend work).
-    list_display = ["when", "model", "key", "outcome", "latency", "tokens", "provider"]
+    # Eight narrow columns fit 1280 px; user, request id, route and MLflow are on the record's page.
+    list_display = ["when", "model", "key", "outcome", "latency", "tokens", "cost", "provider"]
     list_display_links = ["when"]
     list_filter = [ModelFilter, KeyFilter, StatusFilter, "streamed", ("created", admin.DateFieldListFilter)]
     search_fields = ["=request_id", "key_name", "username"]
@@ -182,6 +182,7 @@ class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
                               "client_disconnected"]}),
         ("Usage and timing", {"fields": ["prompt_tokens", "completion_tokens", "total_tokens", "tokens_counted",
                                          "latency", "ttft"]}),
+        ("Cost", {"fields": ["cost_usd", "list_cost_usd"]}),
         ("Bodies", {"fields": ["request_body", "response_body", "bodies_truncated"], "classes": ["collapse"]}),
         ("MLflow", {"fields": ["exported_at", "mlflow_experiment", "trace_link"]}),
     ]
@@ -242,6 +243,13 @@ class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
         url = reverse("admin:tracking_usagerecord_trace", args=[obj.pk])
         return format_html('<a href="{}" target="_blank" rel="noopener">{}</a>', url, obj.mlflow_trace_id)
 
+    @admin.display(description="cost", ordering="cost_usd")
+    def cost(self, obj: UsageRecord) -> str:
+        """What the call cost; on a free tier, 0 and what it was worth at list price."""
+        if obj.cost_usd == 0 and obj.list_cost_usd:
+            return f"{usd(0)} (list {usd(obj.list_cost_usd)})"
+        return usd(obj.cost_usd)
+
     # Records are facts: read-only (deletion stays possible, e.g. for a data-protection request).
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -280,12 +288,14 @@ class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_view_permission(request):
             raise PermissionDenied
-        data = usage.dashboard(dashboard_days(request))
+        days = dashboard_days(request)
+        data = usage.dashboard(days)
         context = {
             **self.admin_site.each_context(request),
             "title": "Usage dashboard",
             "opts": self.model._meta,
             "data": data,
+            "spend": usage.spend_dashboard(days),
             "day_choices": DASHBOARD_DAYS,
         }
         return TemplateResponse(request, "tracking/dashboard.html", context)

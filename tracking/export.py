@@ -198,6 +198,10 @@ def log_trace(record: UsageRecord, eid: str) -> None:
         "portal.tokens_counted": record.tokens_counted,
         "portal.client_disconnected": record.client_disconnected,
     }
+    if record.cost_usd is not None:
+        attributes["portal.cost_usd"] = float(record.cost_usd)
+    if record.list_cost_usd is not None:
+        attributes["portal.list_cost_usd"] = float(record.list_cost_usd)
     if record.total_tokens is not None:
         attributes[SpanAttributeKey.CHAT_USAGE] = {
             "input_tokens": record.prompt_tokens or 0,

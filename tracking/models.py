@@ -108,6 +108,15 @@ class UsageRecord(models.Model):
     tokens_counted = models.BooleanField(
         default=False, help_text="The upstream reported no usage; the portal counted the tokens itself."
     )
+    # Worked out by the recorder from the deployment's price (gateway.pricing); null = no price known.
+    cost_usd = models.DecimalField(
+        max_digits=18, decimal_places=10, null=True, blank=True, verbose_name="cost (USD)",
+        help_text="What the call cost: 0 on a free tier.",
+    )
+    list_cost_usd = models.DecimalField(
+        max_digits=18, decimal_places=10, null=True, blank=True, verbose_name="list price (USD)",
+        help_text="What it would have cost at the paid list price (equals the cost on a paid deployment).",
+    )
     client_ip = models.CharField(max_length=45, blank=True)
     tags = models.JSONField(default=dict, blank=True)
     # Kept only when a BodyLoggingRule matches; JSON text, cut at USAGE_BODY_MAX_BYTES.

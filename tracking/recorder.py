@@ -30,6 +30,7 @@ import orjson
 from django.conf import settings
 from django.db import DataError, IntegrityError, connections, models, transaction
 
+from tracking import services
 from tracking import tags as usage_tags
 from tracking.events import UsageEvent
 
@@ -40,6 +41,9 @@ log = logging.getLogger(__name__)
 
 # Rules that keep bodies are re-read at most this often (seconds), by the writer thread, never per request.
 RULES_REFRESH_SECONDS = 5.0
+# Deployment prices likewise (and at once when a batch names a deployment not seen yet): a price changed in
+# the admin applies to the calls recorded from then on, within this many seconds.
+PRICES_REFRESH_SECONDS = 5.0
 
 
 class Recorder:
@@ -53,6 +57,8 @@ class Recorder:
         self.pid = 0
         self.rules: list[BodyLoggingRule] = []
         self.rules_loaded = -RULES_REFRESH_SECONDS
+        self.prices: dict[int, Any] = {}
+        self.prices_loaded = -PRICES_REFRESH_SECONDS
         self.dropped = 0
         # Set by shutdown(): no time left to import LiteLLM (seconds) just to count tokens, see _count.
         self.closing = False
@@ -134,9 +140,10 @@ class Recorder:
 
         rules = self._body_rules()
         rows = []
+        prices = self._prices(batch)
         for event in batch:
             try:
-                rows.append(build_record(event, rules))
+                rows.append(build_record(event, rules, prices))
             except Exception:
                 # One malformed event must not block every record behind it.
                 log.exception("could not build the usage record of %s; skipped", event.request_id)
@@ -162,6 +169,16 @@ class Recorder:
             self.rules = list(BodyLoggingRule.objects.active())
             self.rules_loaded = now
         return self.rules
+
+    def _prices(self, batch: list[UsageEvent]) -> dict[int, Any]:
+        """{deployment id: its price (the gateway's, see tracking.services)}: one query every few seconds per
+        worker, never one per record."""
+        now = time.monotonic()
+        unseen = any(e.deployment_id is not None and e.deployment_id not in self.prices for e in batch)
+        if unseen or now - self.prices_loaded >= PRICES_REFRESH_SECONDS:
+            self.prices = services.gateway.prices()
+            self.prices_loaded = now
+        return self.prices
 
     def forget_rules(self) -> None:
         """Re-read the body rules on the next write (after the admin changed them, in this process)."""
@@ -203,7 +220,8 @@ def _copy(rows: list[UsageRecord]) -> bool:
 # --- turning an event into a record ---------------------------------------------------------------------------
 
 
-def build_record(event: UsageEvent, rules: list[BodyLoggingRule]) -> UsageRecord:
+def build_record(event: UsageEvent, rules: list[BodyLoggingRule], prices: dict[int, Any] | None = None
+                 ) -> UsageRecord:
     from tracking.models import UsageRecord
 
     started = event.started_at
@@ -239,6 +257,10 @@ def build_record(event: UsageEvent, rules: list[BodyLoggingRule]) -> UsageRecord
     if event.routed and (event.status == 200 or disconnected):
         count_missing_tokens(record, event)
     record.total_tokens = _total(record.prompt_tokens, record.completion_tokens)
+    price = prices.get(event.deployment_id) if prices and event.deployment_id is not None else None
+    if price is not None:
+        cost = price.cost(record.prompt_tokens, record.completion_tokens)
+        record.cost_usd, record.list_cost_usd = cost.usd, cost.list_usd
     if any(rule.matches(record.model, record.key_id) for rule in rules):
         keep_bodies(record, event)
     return without_nul(record)

@@ -15,10 +15,17 @@ def _no_quotas() -> list[dict[str, Any]]:
     return []
 
 
+def _no_prices() -> dict[int, Any]:
+    return {}
+
+
 @dataclass
 class Gateway:
     # The dashboard's quota rows: each limited deployment's limits, used now against the limit.
     deployment_quotas: Callable[[], list[dict[str, Any]]] = _no_quotas
+    # {deployment id: its price}, each with .cost(prompt_tokens, completion_tokens) -> .usd, .list_usd
+    # (gateway.pricing.DeploymentPrice); the usage writer prices each batch with them.
+    prices: Callable[[], dict[int, Any]] = _no_prices
 
 
 gateway = Gateway()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models import Count, DecimalField, OuterRef, Q, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
@@ -162,3 +163,110 @@ def counted_today(deployment_id: int) -> dict[str, int]:
     today = UsageRecord.objects.filter(deployment_id=deployment_id, created__gte=start_of_today())
     counted = today.aggregate(requests=Count("id"), tokens=Coalesce(Sum("total_tokens"), 0))
     return {"rpd": counted["requests"], "tpd": counted["tokens"]}
+
+
+# --- spend (USD) ----------------------------------------------------------------------------------------------
+# cost_usd is what a call cost (0 on a free tier, null when no price is known); list_cost_usd what it would have
+# cost at the list price. "Free value" is the list price of the calls that cost nothing.
+
+MONEY = DecimalField(max_digits=18, decimal_places=10)
+SPEND_PERIODS = ((1, "today"), (7, "7 days"), (30, "30 days"), (None, "all time"))
+
+
+def _money(expression: Any) -> Coalesce:
+    return Coalesce(expression, Value(Decimal(0)), output_field=MONEY)
+
+
+SPEND_SUMS = {
+    "requests": Count("id"),
+    "tokens": Coalesce(Sum("total_tokens"), 0),
+    "cost": _money(Sum("cost_usd")),
+    "list_cost": _money(Sum("list_cost_usd")),
+    "free_value": _money(Sum("list_cost_usd", filter=Q(cost_usd=0))),
+    # Calls with tokens but no price anywhere: the operator should set one (or a cost map entry).
+    "unpriced": Count("id", filter=Q(cost_usd__isnull=True, total_tokens__isnull=False)),
+}
+
+
+def spend_of(rows: QuerySet[UsageRecord]) -> dict[str, Any]:
+    """Requests, tokens, cost, list cost, free value and unpriced calls of `rows`, in one query."""
+    return rows.aggregate(**SPEND_SUMS)
+
+
+def spend_by(rows: QuerySet[UsageRecord], *fields: str, limit: int | None = TOP_N) -> list[dict[str, Any]]:
+    """The spend of `rows` grouped by `fields`, the most expensive first (then the most list value)."""
+    grouped = rows.values(*fields).annotate(**SPEND_SUMS).order_by("-cost", "-list_cost", "-requests", *fields)
+    return [dict(row) for row in (grouped[:limit] if limit else grouped)]
+
+
+def cost_since(since: dt.datetime, *, key_id: int | None = None, user_id: int | None = None) -> Decimal:
+    """USD spent since `since` by a key or a user (all calls when neither): what a budget is measured by."""
+    rows = UsageRecord.objects.since(since)
+    if key_id is not None:
+        rows = rows.filter(key_id=key_id)
+    if user_id is not None:
+        rows = rows.filter(user_id=user_id)
+    return Decimal(rows.aggregate(cost=SPEND_SUMS["cost"])["cost"])
+
+
+def spend_dashboard(days: int) -> dict[str, Any]:
+    """The dashboard's spend block: totals, and per day, model, provider, key and user over `days` days."""
+    since = start_of_today() - dt.timedelta(days=days - 1)
+    rows = UsageRecord.objects.since(since)
+    per_day = {
+        row["day"]: row
+        for row in spend_by(rows.annotate(day=TruncDate("created", tzinfo=dt.UTC)), "day", limit=None)
+    }
+    daily = [
+        per_day.get(day, {"day": day, "requests": 0, "cost": Decimal(0), "list_cost": Decimal(0),
+                          "free_value": Decimal(0)})
+        for day in (since.date() + dt.timedelta(days=i) for i in range(days - 1, -1, -1))
+    ]
+    return {
+        "totals": spend_of(rows),
+        "daily": daily,
+        "models": spend_by(rows, "model"),
+        "providers": spend_by(rows, "provider"),
+        "keys": spend_by(rows, "key_id", "key_name"),
+        "users": spend_by(rows, "user_id", "username"),
+    }
+
+
+def spend_periods(*, key_id: int | None = None, user_id: int | None = None) -> list[dict[str, Any]]:
+    """A key's or a user's spend today, over 7 and 30 days and in all (UTC days), one query per period."""
+    rows = UsageRecord.objects.filter(key_id=key_id) if key_id is not None else UsageRecord.objects.all()
+    if user_id is not None:
+        rows = rows.filter(user_id=user_id)
+    out = []
+    for days, label in SPEND_PERIODS:
+        period = rows if days is None else rows.since(start_of_today() - dt.timedelta(days=days - 1))
+        out.append({"label": label, **spend_of(period)})
+    return out
+
+
+def spend_by_model(*, key_id: int | None = None, user_id: int | None = None, days: int = 30) -> list[dict[str, Any]]:
+    rows = UsageRecord.objects.since(start_of_today() - dt.timedelta(days=days - 1))
+    if key_id is not None:
+        rows = rows.filter(key_id=key_id)
+    if user_id is not None:
+        rows = rows.filter(user_id=user_id)
+    return spend_by(rows, "model")
+
+
+def spend_by_key(key_ids: list[int], days: int = 30) -> dict[int, dict[str, Any]]:
+    """{key id: spend over the last `days` UTC days} for the key lists."""
+    if not key_ids:
+        return {}
+    rows = UsageRecord.objects.since(start_of_today() - dt.timedelta(days=days - 1)).filter(key_id__in=key_ids)
+    return {row["key_id"]: row for row in spend_by(rows, "key_id", limit=None)}
+
+
+def cost_subquery(id_field: str, days: int = 30) -> Subquery:
+    """USD spent over the last `days` UTC days by the row's key or user (id_field "key_id" or "user_id"), as a
+    subquery for a changelist's annotation: one query for the page, not one per row."""
+    rows = (
+        UsageRecord.objects.since(start_of_today() - dt.timedelta(days=days - 1))
+        .filter(**{id_field: OuterRef("pk")}).order_by().values(id_field).annotate(total=Sum("cost_usd"))
+        .values("total")
+    )
+    return Subquery(rows, output_field=MONEY)
