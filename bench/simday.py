@@ -656,9 +656,9 @@ def setup_portal(urls: dict[str, str], miscount: bool = False) -> dict[str, Any]
     """Point the catalog's providers at the mocks, form the groups, issue the apps' keys; return the routes and
     limits the mocks enforce (read back from the portal's own rows, so both use the same figures)."""
     from django.contrib.auth import get_user_model
-    from gateway.auth import KeyLimits
 
     from accounts.models import ApiKey
+    from accounts.principal import KeyLimits
     from gateway.models import CopilotAuth, Deployment, Provider
 
     for provider in Provider.objects.all():
