@@ -276,7 +276,7 @@ def test_operators_see_and_edit_the_timeouts_in_the_admin(personas, upstream):
     assert 'name="timeout"' in page and 'name="stream_timeout"' in page and 'name="num_retries"' in page
     form = {"public_name": "test-model", "provider": deployment.provider_id, "upstream_model": "mock-1",
             "priority": 0, "enabled": "on", "max_wait_seconds": 0, "litellm_params": "{}", "model_info": "{}",
-            "extra": "{}", "timeout": "2.5", "stream_timeout": "", "num_retries": "1"}
+            "extra": "{}", "timeout": "2.5", "stream_timeout": "", "num_retries": "1", "billing": "auto"}
     assert client.post(url, form).status_code == 302
     deployment.refresh_from_db()
     assert (deployment.timeout, deployment.stream_timeout, deployment.num_retries) == (2.5, None, 1)
