@@ -11,7 +11,7 @@ from django.core.management import call_command
 
 from gateway import catalog
 from gateway.catalog import builtin as catalog_data
-from gateway.catalog.litellm_config import import_config, load_config
+from gateway.catalog.litellm_import import import_config, load_config
 from gateway.models import CatalogSeed, Deployment, Provider
 from tests.catalog_setup import CREDENTIALS, all_credentials, load_builtin_catalog
 

@@ -15,16 +15,12 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from gateway.catalog import litellm_config
-from gateway.catalog.litellm_config import (
-    ConfigError,
-    ImportSummary,
-    dump_yaml,
-    export_config,
-    import_config,
-    load_config,
-    split_model,
-)
+from gateway.catalog import litellm_import
+from gateway.catalog.litellm_export import dump_yaml, export_config
+from gateway.catalog.litellm_import import ImportSummary, import_config, load_config
+from gateway.catalog.litellm_keys import ConfigError
+from gateway.catalog.litellm_validate import split_model
+from gateway.catalog.litellm_yaml import plain
 from gateway.models import ConfigSetting, Deployment, Provider
 
 FIXTURE = Path(__file__).parent / "fixtures" / "litellm_config.yaml"
@@ -161,7 +157,7 @@ def test_unknown_keys_are_kept_and_exported() -> None:
 def test_exporting_reproduces_the_imported_config() -> None:
     import_text(fixture_text())
 
-    original = litellm_config._plain(load_config(fixture_text()))
+    original = plain(load_config(fixture_text()))
     assert export_config() == original  # model_list entries in the file's order, unknown keys included
 
 
@@ -381,7 +377,7 @@ def test_an_error_halfway_through_an_import_changes_nothing(monkeypatch: pytest.
         raise RuntimeError("database went away")
 
     # Settings are written last, so every provider and deployment change has been made when this fails.
-    monkeypatch.setattr(litellm_config, "_upsert_setting", fail)
+    monkeypatch.setattr(litellm_import, "_upsert_setting", fail)
     with pytest.raises(RuntimeError):
         import_text(changed)
 

@@ -14,7 +14,9 @@ import httpx
 import pytest
 from django.test import Client
 
-from gateway.catalog import litellm_config
+from gateway.catalog.litellm_export import dump_yaml, export_config
+from gateway.catalog.litellm_import import import_config, load_config
+from gateway.catalog.litellm_keys import ConfigError
 from gateway.models import Deployment
 from tests.mock_upstream import Behaviour
 from tests.personas import PASSWORD
@@ -23,7 +25,7 @@ HELLO = [{"role": "user", "content": "hi"}]
 
 
 def import_yaml(text: str) -> None:
-    litellm_config.import_config(litellm_config.load_config(text))
+    import_config(load_config(text))
 
 
 def entry(name: str, model: str, base: str, **params: Any) -> str:
@@ -234,13 +236,12 @@ def test_timeouts_and_retries_are_columns_written_back_on_export(transactional_d
     deployment = Deployment.objects.get()
     assert (deployment.timeout, deployment.stream_timeout, deployment.num_retries) == (2, 0.5, 1)
     assert deployment.litellm_params == {}
-    [exported] = litellm_config.export_config()["model_list"]
+    [exported] = export_config()["model_list"]
     assert exported["litellm_params"]["timeout"] == 2
     assert exported["litellm_params"]["stream_timeout"] == 0.5
     assert exported["litellm_params"]["num_retries"] == 1
     # Exported (with the literal key, so the provider is recognised) and imported again: the same row, unchanged.
-    again = litellm_config.import_config(litellm_config.load_config(litellm_config.dump_yaml(
-        litellm_config.export_config(include_secrets=True))))
+    again = import_config(load_config(dump_yaml(export_config(include_secrets=True))))
     assert again.deployments.unchanged == 1
 
 
@@ -259,8 +260,8 @@ def test_timeouts_and_retries_are_columns_written_back_on_export(transactional_d
      "model_list[0].litellm_params.litellm_credential_name is not supported: give the key as api_key"),
 ])
 def test_a_wrong_value_for_an_honoured_key_is_refused_with_its_line(db, text, line, reason):
-    with pytest.raises(litellm_config.ConfigError) as refused:
-        litellm_config.load_config(text)
+    with pytest.raises(ConfigError) as refused:
+        load_config(text)
     assert refused.value.line == line
     assert f"config.yaml line {line}: {reason}" in str(refused.value)
 

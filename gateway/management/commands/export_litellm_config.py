@@ -7,7 +7,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from gateway.catalog.litellm_config import ConfigError, dump_yaml, export_config
+from gateway.catalog.litellm_export import dump_yaml, export_config
+from gateway.catalog.litellm_keys import ConfigError
 
 
 class Command(BaseCommand):

@@ -8,7 +8,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from gateway.catalog.litellm_config import ConfigError, import_config, load_config
+from gateway.catalog.litellm_import import import_config, load_config
+from gateway.catalog.litellm_keys import ConfigError
 
 
 class Command(BaseCommand):
