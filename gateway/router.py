@@ -19,7 +19,7 @@ import datetime as dt
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -255,27 +255,58 @@ async def _retry(route: Route, error: UpstreamError, attempt: int, body: dict[st
 
 
 async def complete(upstream: Upstream, plan: Plan, body: dict[str, Any], call: Call) -> dict[str, Any]:
-    """Try admitted deployments in order; a retryable failure moves on, a client error stops (unless the prompt
-    was too long and the model has context_window_fallbacks)."""
+    """A whole answer from the first deployment that gives one (see _in_order)."""
+
+    async def once(route: Route) -> dict[str, Any]:
+        return await within(route.timeout, route, upstream.complete(route, body))
+
+    return await _with_context_fallback(plan, body, call, once)
+
+
+async def open_stream(
+    upstream: Upstream, plan: Plan, body: dict[str, Any], call: Call
+) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
+    """Start a stream and read its first chunk, so fallback happens before the client sees a byte."""
+
+    async def once(route: Route) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
+        chunks = upstream.stream(route, body)
+        try:
+            # The stream timeout bounds the first chunk only; later silences are STREAM_IDLE_TIMEOUT's.
+            return await within(route.stream_timeout, route, anext(chunks)), chunks
+        except StopAsyncIteration:
+            return None, chunks
+        except UpstreamError:
+            await chunks.aclose()  # type: ignore[attr-defined]
+            raise
+
+    return await _with_context_fallback(plan, body, call, once)
+
+
+async def _with_context_fallback(plan: Plan, body: dict[str, Any], call: Call,
+                                 once: Callable[[Route], Awaitable[T]]) -> T:
+    """The plan's deployments in order; when a provider said the prompt is too long for the model, the model's
+    context_window_fallbacks (their key limits already counted)."""
     try:
-        return await _complete(upstream, plan, body, call)
+        return await _in_order(plan, body, call, once)
     except UpstreamError as e:
         fallback = _context_window_fallback(e, plan)
         if not fallback:
             raise
         log.info("model %s: prompt too long, trying its context_window_fallbacks", call.model)
-        return await _complete(upstream, fallback, body, call, key_counted=True)
+        return await _in_order(fallback, body, call, once, key_counted=True)
 
 
-async def _complete(upstream: Upstream, plan: Plan, body: dict[str, Any], call: Call,
-                    key_counted: bool = False) -> dict[str, Any]:
+async def _in_order(plan: Plan, body: dict[str, Any], call: Call, once: Callable[[Route], Awaitable[T]],
+                    key_counted: bool = False) -> T:
+    """Try admitted deployments in order, each up to its retries; a retryable failure moves on, a client error
+    stops."""
     error: UpstreamError | None = None
     async for route in candidates(plan, body, call, key_counted=key_counted):
         attempt = 0
         while True:
             call.route, call.attempts = route, call.attempts + 1
             try:
-                result = await within(route.timeout, route, upstream.complete(route, body))
+                result = await once(route)
             except UpstreamError as e:
                 error = e
                 # A request's retries are one failure of the deployment (parking is for the requests after it).
@@ -290,52 +321,5 @@ async def _complete(upstream: Upstream, plan: Plan, body: dict[str, Any], call: 
                 break
             note_success(route)
             return result
-    assert error is not None
-    raise error
-
-
-async def open_stream(
-    upstream: Upstream, plan: Plan, body: dict[str, Any], call: Call
-) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
-    """Start a stream and read its first chunk, so fallback happens before the client sees a byte."""
-    try:
-        return await _open_stream(upstream, plan, body, call)
-    except UpstreamError as e:
-        fallback = _context_window_fallback(e, plan)
-        if not fallback:
-            raise
-        log.info("model %s: prompt too long, trying its context_window_fallbacks", call.model)
-        return await _open_stream(upstream, fallback, body, call, key_counted=True)
-
-
-async def _open_stream(
-    upstream: Upstream, plan: Plan, body: dict[str, Any], call: Call, key_counted: bool = False
-) -> tuple[dict[str, Any] | None, AsyncIterator[dict[str, Any]]]:
-    error: UpstreamError | None = None
-    async for route in candidates(plan, body, call, key_counted=key_counted):
-        attempt = 0
-        while True:
-            call.route, call.attempts = route, call.attempts + 1
-            chunks = upstream.stream(route, body)
-            try:
-                # The stream timeout bounds the first chunk only; later silences are STREAM_IDLE_TIMEOUT's.
-                first = await within(route.stream_timeout, route, anext(chunks))
-            except StopAsyncIteration:
-                note_success(route)
-                return None, chunks
-            except UpstreamError as e:
-                await chunks.aclose()  # type: ignore[attr-defined]
-                error = e
-                if e.retryable and await _retry(route, e, attempt, body, call):
-                    attempt += 1
-                    log.info("deployment %s failed (%s), calling it again", route.id, e.status)
-                    continue
-                await note_failure(route, e)
-                if not e.retryable:
-                    raise
-                log.info("deployment %s failed (%s), trying the next", route.id, e.status)
-                break
-            note_success(route)
-            return first, chunks
     assert error is not None
     raise error
