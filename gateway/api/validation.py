@@ -86,6 +86,18 @@ def expect(body: dict[str, Any], name: str, kinds: tuple[type, ...], label: str,
     return value
 
 
+def invalid(where: str, message: str) -> GatewayError:
+    """400 for a field whose value is wrong (the compat APIs' fields, named with their path)."""
+    return bad_request(f"Invalid '{where}': {message}", param=where, code="invalid_value")
+
+
+def number_in(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    value = expect(body, name, (int, float), "a number")
+    if value is not None and not low <= value <= high:
+        raise invalid(name, f"must be between {low} and {high}, got {value}.")
+    return value
+
+
 def _check_range(body: dict[str, Any], name: str, low: float | None, high: float | None) -> None:
     value = body.get(name)
     if value is None:

@@ -17,6 +17,8 @@ from django.http import HttpResponse
 
 from gateway.api.compat.blocks import Answer, Block, answer_of
 from gateway.api.validation import expect
+from gateway.api.validation import invalid as _invalid
+from gateway.api.validation import number_in as _number_in
 from gateway.errors import GatewayError, bad_request
 from gateway.upstreams.media import Image, parse_image
 
@@ -69,17 +71,6 @@ class MessagesRequest:
     chat: dict[str, Any]  # the OpenAI chat body sent through the router
     images: tuple[Image, ...]
     stop_sequences: tuple[str, ...]
-
-
-def _invalid(where: str, message: str) -> GatewayError:
-    return bad_request(f"Invalid '{where}': {message}", param=where, code="invalid_value")
-
-
-def _number_in(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
-    value = expect(body, name, (int, float), "a number")
-    if value is not None and not low <= value <= high:
-        raise _invalid(name, f"must be between {low} and {high}, got {value}.")
-    return value
 
 
 def parse_request(body: dict[str, Any], *, counting: bool = False) -> MessagesRequest:

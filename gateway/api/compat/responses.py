@@ -18,6 +18,8 @@ from django.core.cache import cache
 from accounts.principal import Principal
 from gateway.api.compat.blocks import Answer, Block, answer_of
 from gateway.api.validation import expect
+from gateway.api.validation import invalid as _invalid
+from gateway.api.validation import number_in as _number_in
 from gateway.errors import GatewayError, bad_request, not_found
 from gateway.upstreams.media import Image, parse_image
 
@@ -44,17 +46,6 @@ class ResponsesRequest:
         """The chat body: this turn's instructions, the stored conversation, then this turn's input."""
         system = [{"role": "system", "content": self.instructions}] if self.instructions else []
         return {"model": self.model, "messages": [*system, *history, *self.input], **self.options}
-
-
-def _invalid(where: str, message: str) -> GatewayError:
-    return bad_request(f"Invalid '{where}': {message}", param=where, code="invalid_value")
-
-
-def _number_in(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
-    value = expect(body, name, (int, float), "a number")
-    if value is not None and not low <= value <= high:
-        raise _invalid(name, f"must be between {low} and {high}, got {value}.")
-    return value
 
 
 def parse_request(body: dict[str, Any]) -> ResponsesRequest:
