@@ -232,12 +232,17 @@ async def lines(content: aiohttp.StreamReader, route: Route) -> AsyncIterator[by
 
 
 def parse_completion(content: bytes, route: Route) -> dict[str, Any]:
+    return _answer_object(content, route, "a response")
+
+
+def _answer_object(content: bytes, route: Route, what: str) -> dict[str, Any]:
+    """A whole answer's or a stream event's JSON object; an error object in it is the provider's error."""
     try:
         data = orjson.loads(content)
     except orjson.JSONDecodeError:
-        raise malformed(route, "a response that is not JSON") from None
+        raise malformed(route, f"{what} that is not JSON") from None
     if not isinstance(data, dict):
-        raise malformed(route, "a response that is not a JSON object")
+        raise malformed(route, f"{what} that is not a JSON object")
     if "error" in data and not data.get("choices"):
         # Some servers answer 200 with an error object inside: never pass that off as a success.
         raise embedded_error(data["error"], route)
@@ -264,15 +269,7 @@ async def sse_chunks(lines: AsyncIterable[bytes], route: Route) -> AsyncIterator
         data = line[5:].strip()
         if data == b"[DONE]":
             return
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise malformed(route, "a stream event that is not JSON") from None
-        if not isinstance(chunk, dict):
-            raise malformed(route, "a stream event that is not a JSON object")
-        if "error" in chunk and not chunk.get("choices"):
-            raise embedded_error(chunk["error"], route)
-        yield chunk
+        yield _answer_object(data, route, "a stream event")
     raise UpstreamError(502, f"Provider '{route.provider_name}' ended the stream before it was complete.",
                         code="upstream_stream_incomplete", upstream_status=502)
 
