@@ -9,7 +9,6 @@ without running anything. Without /usr/bin/chromium the test is skipped.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,17 +19,13 @@ from django.urls import reverse
 
 from accounts.models import ApiKey
 from gateway.models import Provider
+from tests.browser import SCREENSHOTS, VIEWPORT, chromium, needs_chromium
 from tests.conftest import make_deployment, make_provider
 from tests.mock_upstream import Behaviour
 from tests.personas import PASSWORD
 from tracking import recorder
 from tracking.models import UsageRecord
 
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-VIEWPORT = {"width": 1280, "height": 800}
 HELLO = [{"role": "user", "content": "Say hello"}]
 # Google's answer when a model's free requests of the day are used up (the portal parks it until midnight PT).
 PER_DAY_429 = {
@@ -43,19 +38,13 @@ PER_DAY_429 = {
     }
 }
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package at /usr/bin/chromium"),
-]
+pytestmark = needs_chromium
 
 
 @pytest.fixture
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (dev extra)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 def chat(portal: Any, token: str, model: str) -> httpx.Response:

@@ -7,11 +7,11 @@ key's admin page and the user's own key page. Screenshots (1280x800) go to docs/
 from __future__ import annotations
 
 from decimal import Decimal
-from pathlib import Path
 
 import openai
 import pytest
 
+from tests.browser import SCREENSHOTS, VIEWPORT, chromium, needs_chromium
 from tests.conftest import make_deployment, make_provider
 from tests.mock_upstream import Behaviour
 from tests.personas import PASSWORD, issue
@@ -19,17 +19,9 @@ from tracking import recorder
 from tracking.models import UsageRecord
 from tracking.templatetags.spend import usd
 
-CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-VIEWPORT = {"width": 1280, "height": 800}
 REPLY = "Bonjour! The playground streams this answer chunk by chunk from the mock upstream."
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium package at /usr/bin/chromium"),
-]
+pytestmark = needs_chromium
 
 
 @pytest.fixture
@@ -39,11 +31,8 @@ def browser(monkeypatch):
     # Playwright's sync API runs an event loop in this thread; the test's own ORM reads are still plain sync.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     call_command("collectstatic", interactive=False, verbosity=0)  # the playground's script, served from there
-    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright package (dev extra)")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture
