@@ -1,7 +1,8 @@
 """The portal's one HTTP client for upstream calls: a pooled aiohttp session per event loop, and its proxy rules.
 
-Every call the portal makes to a provider (the passthrough's streams and whole answers, Copilot's device login
-and token exchange) goes through `session()`. A worker has one event loop, so one session and one connection
+Every call the portal makes to a provider (the passthrough's streams, whole answers through a proxy, Copilot's
+device login and token exchange) goes through `session()`; a whole answer on a direct connection goes through
+`lean_pool()` (gateway/upstreams/http1.py says why). A worker has one event loop, so one session and one connection
 pool; tests and admin actions that run their own short-lived loops get theirs, closed by `aclose()` or
 `run_closing()`.
 
@@ -24,6 +25,8 @@ from typing import TypeVar
 import aiohttp
 import yarl
 
+from gateway.upstreams import http1
+
 T = TypeVar("T")
 
 # Read on every call, so an operator's change (or a test's) applies without a restart; lower case first, as curl.
@@ -31,6 +34,7 @@ PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "al
                    "no_proxy", "NO_PROXY")
 
 _sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+_pools: dict[asyncio.AbstractEventLoop, http1.Pool] = {}
 
 
 def session() -> aiohttp.ClientSession:
@@ -47,14 +51,29 @@ def session() -> aiohttp.ClientSession:
     return current
 
 
+def lean_pool() -> http1.Pool:
+    """This event loop's pool of the lean client, for whole answers on a direct connection."""
+    loop = asyncio.get_running_loop()
+    pool = _pools.get(loop)
+    if pool is None:
+        pool = _pools[loop] = http1.Pool()
+    return pool
+
+
 async def aclose() -> None:
-    """Close this loop's session and its pooled connections (at shutdown, or when a short-lived loop ends)."""
-    current = _sessions.pop(asyncio.get_running_loop(), None)
+    """Close this loop's session, its lean pool and their connections (at shutdown, or when a short-lived loop
+    ends)."""
+    loop = asyncio.get_running_loop()
+    pool = _pools.pop(loop, None)
+    if pool is not None:
+        pool.close()
+    current = _sessions.pop(loop, None)
     if current is not None:
         await current.close()
-    # Sessions of loops that are gone cannot be closed any more; forget them.
-    for loop in [loop for loop in _sessions if loop.is_closed()]:
-        del _sessions[loop]
+    # Sessions and pools of loops that are gone cannot be closed any more; forget them.
+    for held in (_sessions, _pools):
+        for gone in [gone for gone in held if gone.is_closed()]:
+            del held[gone]
 
 
 def run_closing(call: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
@@ -65,7 +84,8 @@ def run_closing(call: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
     """
 
     async def wrapped() -> T:
-        existed = asyncio.get_running_loop() in _sessions
+        loop = asyncio.get_running_loop()
+        existed = loop in _sessions or loop in _pools
         try:
             return await call()
         finally:

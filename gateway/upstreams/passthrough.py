@@ -21,7 +21,7 @@ import yarl
 from django.conf import settings
 
 from gateway.catalog import Route
-from gateway.upstreams import client, copilot, media, providers
+from gateway.upstreams import client, copilot, http1, media, providers
 from gateway.upstreams.errors import UpstreamError, error_for_status, too_large
 from gateway.upstreams.interface import RESERVED_FIELDS, call_timeout
 
@@ -112,23 +112,28 @@ class PassthroughUpstream:
         # otherwise hold the request forever.
         limit = call_timeout(route)
         target = parsed_url(url)
+        proxy = client.proxy_for(target, route.proxy_url)
         try:
             async with asyncio.timeout(limit):
-                response = await post(target, headers, payload, proxy=client.proxy_for(target, route.proxy_url),
-                                      timeout=_timeout(limit))
-                try:
-                    body = await read_capped(response, route)
-                except BaseException:
-                    response.close()  # timed out, cancelled, cut: the answer is abandoned with its connection
-                    raise
-                response.release()
+                if proxy is None:
+                    # The commonest call, on the lean client; through a proxy, aiohttp.
+                    answer = await client.lean_pool().post(target, headers, payload, connect_timeout=min(limit, 10),
+                                                     cap=settings.MAX_UPSTREAM_RESPONSE_BYTES)
+                    status, body, answer_headers = answer.status, answer.body, answer.headers
+                else:
+                    status, body, answer_headers = await _via_session(target, headers, payload, proxy, limit,
+                                                                      route)
+        except http1.TooLarge:
+            raise too_large(route, settings.MAX_UPSTREAM_RESPONSE_BYTES) from None
+        except http1.ConnectionFailed as e:
+            raise connection_failed(e, route) from None
         except (aiohttp.ClientError, TimeoutError) as e:
             raise transport_error(e, route) from None
         except ValueError as e:  # a header the operator configured cannot be sent (a CR or LF in it)
             raise UpstreamError(502, f"Provider '{route.provider_name}' has a header that cannot be sent: {e}.",
                                 code="upstream_not_configured") from None
-        if response.status >= 400:
-            raise error_for_status(route, response.status, body.decode(errors="replace"), response.headers)
+        if status >= 400:
+            raise error_for_status(route, status, body.decode(errors="replace"), answer_headers)
         return (parse or parse_completion)(body, route)
 
     async def _stream(
@@ -156,6 +161,19 @@ class PassthroughUpstream:
             else:
                 # Cut short (client gone, stalled, failed): drop the connection so the upstream stops too.
                 response.close()
+
+
+async def _via_session(target: yarl.URL, headers: dict[str, str], payload: bytes, proxy: str, limit: float,
+                       route: Route) -> tuple[int, bytes, Any]:
+    """A whole answer through aiohttp's session (the way through a proxy)."""
+    response = await post(target, headers, payload, proxy=proxy, timeout=_timeout(limit))
+    try:
+        body = await read_capped(response, route)
+    except BaseException:
+        response.close()  # timed out, cancelled, cut: the answer is abandoned with its connection
+        raise
+    response.release()
+    return response.status, body, response.headers
 
 
 async def post(url: yarl.URL, headers: dict[str, str], payload: bytes, *, proxy: str | None,
@@ -286,6 +304,14 @@ def embedded_error(error: Any, route: Route) -> UpstreamError:
         return error_for_status(route, status, orjson.dumps({"error": error}).decode(), {})
     return UpstreamError(502, f"Provider '{route.provider_name}' returned an error: {str(message)[:500]}",
                          code="upstream_error", upstream_status=502)
+
+
+def connection_failed(e: http1.ConnectionFailed, route: Route) -> UpstreamError:
+    where = f"provider '{route.provider_name}' (model '{route.public_name}')"
+    if e.refused:
+        return UpstreamError(502, f"Could not reach {where}.", code="upstream_connection_error", upstream_status=500)
+    return UpstreamError(502, f"{where} closed the connection mid-response.", code="upstream_connection_error",
+                         upstream_status=502)
 
 
 def transport_error(e: BaseException, route: Route) -> UpstreamError:
