@@ -32,3 +32,13 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+def log_in(page: Any, base_url: str, username: str, password: str, *, console: bool = True) -> None:
+    """Log in through the console's login form (or the self-service key page's) as a person would."""
+    where = "/admin/" if console else "/keys/"
+    page.goto(f"{base_url}{where}login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("input[type=submit]" if console else "button[type=submit]")
+    page.wait_for_url(f"{base_url}{where}")

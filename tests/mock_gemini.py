@@ -75,6 +75,19 @@ def gemini_error(code: int, message: str | None = None, details: list[dict[str, 
     return {"error": error}
 
 
+# Google's plain answer once a model's free requests of the day are used up (no retry delay): the portal parks
+# the deployment until midnight in the provider's time zone.
+PER_DAY_429 = {
+    "error": {
+        "code": 429,
+        "message": "You exceeded your current quota, please check your plan and billing details.",
+        "status": "RESOURCE_EXHAUSTED",
+        "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                     "violations": [{"quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]}],
+    }
+}
+
+
 def quota_exhausted(per_day: bool = True, retry_delay: str = "37s", model: str = "gemini-2.5-flash") -> dict[str, Any]:
     """The 429 a free-tier project gets once a per-day (or per-minute) quota is used up."""
     quota_id = (

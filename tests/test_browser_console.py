@@ -20,24 +20,15 @@ from django.urls import reverse
 from accounts.models import ApiKey
 from gateway.models import Provider
 from tests.browser import SCREENSHOTS, VIEWPORT, chromium, needs_chromium
+from tests.browser import log_in as browser_log_in  # this module's log_in is the operator's
 from tests.conftest import make_deployment, make_provider
+from tests.mock_gemini import PER_DAY_429
 from tests.mock_upstream import Behaviour
 from tests.personas import PASSWORD
 from tracking import recorder
 from tracking.models import UsageRecord
 
 HELLO = [{"role": "user", "content": "Say hello"}]
-# Google's answer when a model's free requests of the day are used up (the portal parks it until midnight PT).
-PER_DAY_429 = {
-    "error": {
-        "code": 429,
-        "message": "You exceeded your current quota, please check your plan and billing details.",
-        "status": "RESOURCE_EXHAUSTED",
-        "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                     "violations": [{"quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]}],
-    }
-}
-
 pytestmark = needs_chromium
 
 
@@ -87,11 +78,7 @@ def busy_portal(portal, upstream, personas, master_key):
 
 
 def log_in(page: Any, portal: Any) -> None:
-    page.goto(f"{portal.url}/admin/login/")
-    page.fill("#id_username", "operator")
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    page.wait_for_url(f"{portal.url}/admin/")
+    browser_log_in(page, portal.url, "operator", PASSWORD)
 
 
 def shoot(page: Any, name: str) -> None:

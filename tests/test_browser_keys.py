@@ -12,7 +12,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.browser import chromium, needs_chromium
+from tests.browser import chromium, log_in, needs_chromium
 from tests.conftest import make_deployment, make_provider
 from tests.personas import PASSWORD
 
@@ -41,11 +41,7 @@ def test_alice_creates_uses_and_revokes_a_key_in_the_browser(portal, models, per
     page = context.new_page()
     page.set_default_timeout(15_000)
 
-    page.goto(f"{portal.url}/keys/login/")
-    page.fill("#id_username", "alice")
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{portal.url}/keys/")
+    log_in(page, portal.url, "alice", PASSWORD, console=False)
 
     page.click("#create-key")
     page.fill("#id_name", "browser key")

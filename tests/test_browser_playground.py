@@ -11,7 +11,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from tests.browser import SCREENSHOTS, VIEWPORT, chromium, needs_chromium
+from tests.browser import SCREENSHOTS, VIEWPORT, chromium, log_in, needs_chromium
 from tests.conftest import make_deployment, make_provider
 from tests.mock_upstream import Behaviour
 from tests.personas import PASSWORD, issue
@@ -50,11 +50,7 @@ def operator_page(browser, portal, personas):
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
     page.set_default_timeout(20_000)
-    page.goto(f"{portal.url}/admin/login/")
-    page.fill("#id_username", personas.operator.username)
-    page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
-    page.wait_for_url(f"{portal.url}/admin/")
+    log_in(page, portal.url, personas.operator.username, PASSWORD)
     return page
 
 
@@ -140,11 +136,7 @@ def test_the_spend_views_show_what_keys_and_users_spent(portal, models, personas
     page.screenshot(path=str(SCREENSHOTS / "spend-key-admin.png"))
 
     own = browser.new_context(viewport=VIEWPORT).new_page()
-    own.goto(f"{portal.url}/keys/login/")
-    own.fill("#id_username", "alice")
-    own.fill("#id_password", PASSWORD)
-    own.click("button[type=submit]")
-    own.wait_for_url(f"{portal.url}/keys/")
+    log_in(own, portal.url, "alice", PASSWORD, console=False)
     assert own.locator("#my-spend .spend-cost").all_inner_texts() == [spent] * 4
     assert own.inner_text(f"#key-{key.pk} .spend").startswith(spent)
     own.screenshot(path=str(SCREENSHOTS / "spend-self-service.png"))

@@ -19,20 +19,11 @@ from accounts.models import ApiKey
 from gateway import clock
 from gateway.models import Provider
 from tests.conftest import make_deployment, make_provider
+from tests.mock_gemini import PER_DAY_429
 from tests.mock_upstream import Behaviour
 from tracking import recorder
 from tracking.admin import milliseconds
 from tracking.models import UsageRecord
-
-PER_DAY_429 = {
-    "error": {
-        "code": 429,
-        "message": "You exceeded your current quota, please check your plan and billing details.",
-        "status": "RESOURCE_EXHAUSTED",
-        "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                     "violations": [{"quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier"}]}],
-    }
-}
 
 
 def record(**fields: Any) -> UsageRecord:
