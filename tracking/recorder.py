@@ -104,7 +104,7 @@ class Recorder:
 
     def flush(self) -> int:
         """Write every call recorded so far; returns how many. Safe to call from any thread."""
-        written = 0
+        written, failed = 0, True
         with self.write_lock:
             try:
                 while self.pending:
@@ -117,10 +117,13 @@ class Recorder:
                         self.pending.extendleft(reversed(batch))  # back at the front, in order
                         raise
                     written += len(batch)
+                failed = False
             finally:
-                if threading.current_thread() is self.thread:
-                    # The writer's own connection: closed between flushes, so an idle portal holds none.
-                    # (Never another caller's: it may be inside a transaction.)
+                if threading.current_thread() is self.thread and (failed or not written):
+                    # The writer's own connection: kept while records keep coming (a new PostgreSQL connection
+                    # every flush costs the server a process), closed by the first flush with nothing to write
+                    # or one that failed, so an idle portal holds none. (Never another caller's: it may be
+                    # inside a transaction.)
                     connections.close_all()
         return written
 
