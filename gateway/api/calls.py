@@ -159,5 +159,12 @@ def _settle(call: Call) -> None:
     # Deployments that failed served no tokens: give their estimate back; the one that answered
     # is corrected to its real usage.
     for admission in call.admissions[:-1]:
-        quota.settle(admission, 0)
-    quota.settle(call.admissions[-1], call.total_tokens if call.status == 200 else 0)
+        quota.settle(admission, 0, 0)
+    last = call.admissions[-1]
+    if call.status != 200:
+        quota.settle(last, 0, 0)
+        return
+    usd = None  # a budget keeps the estimate unless the real cost is known
+    if last.estimated_usd and call.route is not None and call.route.price is not None:
+        usd = quota.micro_usd(call.route.price.cost(call.prompt_tokens, call.completion_tokens).usd)
+    quota.settle(last, call.total_tokens, usd)
