@@ -90,8 +90,9 @@ class LimitFields(models.Model):
         verbose_name="budget (USD)", help_text="The most this may spend, at the deployments' prices. Blank: no budget.",
     )
     budget_duration = models.CharField(
-        max_length=5, choices=BUDGET_DURATIONS, default="total",
-        help_text="When the budget starts over: each day, each month (midnight KEY_QUOTA_TIMEZONE), or never.",
+        max_length=5, choices=BUDGET_DURATIONS, default="total", blank=True,
+        help_text="When the budget starts over: each day, each month (midnight KEY_QUOTA_TIMEZONE), or never "
+                  "(blank: never).",
     )
 
     class Meta:
@@ -107,7 +108,7 @@ class LimitFields(models.Model):
             tokens_per_month=self.tokens_per_month if self.tokens_per_month is not None else base.tokens_per_month,
             # The budget and its period go together: a blank budget takes both from the fallback.
             budget=micro_usd(self.max_budget) if self.max_budget is not None else base.budget,
-            budget_period=self.budget_duration if self.max_budget is not None else base.budget_period,
+            budget_period=(self.budget_duration or "total") if self.max_budget is not None else base.budget_period,
         )
 
 

@@ -28,12 +28,11 @@ def priced_deployment(upstream: Any, **fields: Any) -> Any:
 
 
 def budget_key(amount: str, duration: str = "day") -> str:
-    from django.contrib.auth.models import User
-
     from accounts.models import ApiKey, micro_usd
     from accounts.principal import KeyLimits
+    from tests.personas import make_user
 
-    owner = User.objects.create_user("alice", password="pw-alice-12345")
+    owner = make_user("alice", self_serve=True)
     limits = KeyLimits(budget=micro_usd(Decimal(amount)), budget_period=duration)
     return ApiKey.objects.issue(owner, "ci", limits=limits)[1]
 
@@ -122,3 +121,18 @@ def test_two_server_processes_never_spend_past_the_budget(upstream, transactiona
     assert statuses.count(200) == 10
     assert statuses.count(429) == 30
     assert len(upstream.requests) == 10
+
+
+def test_the_key_page_shows_what_is_left_of_the_budget(portal, upstream, transactional_db):
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    from accounts.models import ApiKey
+
+    priced_deployment(upstream)
+    key = budget_key("0.12")
+    assert post_chat(portal.url, key).status_code == 200
+    browser = Client()
+    browser.force_login(User.objects.get(username="alice"))
+    page = browser.get(f"/keys/{ApiKey.objects.get().pk}/").content.decode()
+    assert "budget left: $0.09 of $0.12 per day (resets " in page
