@@ -6,6 +6,7 @@ stored only as an HMAC-SHA256 under a server-side pepper, so a database dump doe
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -330,7 +331,9 @@ class ApiKey(LimitFields):
 
     def principal_limits(self) -> tuple[KeyLimits, dict[str, KeyLimits]]:
         limits = self.key_limits()
-        return limits, {row.public_model: row.key_limits(limits) for row in self.model_limits.all()}
+        # The key's budget covers every model: a per-model row never counts a second one of its own.
+        return limits, {row.public_model: dataclasses.replace(row.key_limits(limits), budget=None)
+                        for row in self.model_limits.all()}
 
 
 class ApiKeyModelLimit(LimitFields):

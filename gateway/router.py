@@ -80,14 +80,15 @@ def quota_error(refusal: Outcome, model: str) -> GatewayError:
 def budget_error(limit: Limit, retry_after: float) -> GatewayError:
     """A spent budget: 429 insufficient_quota like a daily quota, naming the budget and its reset. A total
     budget never resets, so no Retry-After is sent (no wait would help)."""
+    whose = f"{limit.label[:1].upper()}{limit.label[1:]}'s"
     if limit.period == "total":
         return GatewayError(
-            429, f"{limit.label.capitalize()}'s {limit.describe()} is spent; it does not reset. Ask an "
+            429, f"{whose} {limit.describe()} is spent; it does not reset. Ask an "
             "administrator to raise it.", code="insufficient_quota", type="insufficient_quota")
     retry = max(math.ceil(retry_after), 1)
     resets = dt.datetime.fromtimestamp(clock.now() + retry_after, dt.UTC)
     return GatewayError(
-        429, f"{limit.label.capitalize()}'s {limit.describe()} is spent; it resets at {resets:%Y-%m-%d %H:%M} UTC "
+        429, f"{whose} {limit.describe()} is spent; it resets at {resets:%Y-%m-%d %H:%M} UTC "
         f"(midnight {limit.tz}), in {quota.format_duration(retry)}.",
         code="insufficient_quota", type="insufficient_quota", headers={"Retry-After": str(retry)})
 

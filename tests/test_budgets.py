@@ -51,7 +51,7 @@ def test_a_budget_admits_exactly_what_it_pays_for_then_refuses_until_midnight(po
     assert refused.status_code == 429
     error = refused.json()["error"]
     assert (error["code"], error["type"]) == ("insufficient_quota", "insufficient_quota")
-    assert "budget of $0.12 per day is spent" in error["message"] and "resets at" in error["message"]
+    assert "Your API key's budget of $0.12 per day is spent" in error["message"] and "resets at" in error["message"]
     retry = int(refused.headers["retry-after"])
     assert 0 < retry <= 86400
     assert len(upstream.requests) == 4
@@ -136,3 +136,15 @@ def test_the_key_page_shows_what_is_left_of_the_budget(portal, upstream, transac
     browser.force_login(User.objects.get(username="alice"))
     page = browser.get(f"/keys/{ApiKey.objects.get().pk}/").content.decode()
     assert "budget left: $0.09 of $0.12 per day (resets " in page
+
+
+def test_a_per_model_row_does_not_count_a_second_budget(transactional_db):
+    from accounts.keys import load_entry
+    from accounts.models import ApiKey, ApiKeyModelLimit
+
+    budget_key("0.12")
+    key = ApiKey.objects.get()
+    ApiKeyModelLimit.objects.create(key=key, public_model="test-model", rpm=5)
+    principal = load_entry(key.prefix, 0).principal
+    limits = quota.key_limits(principal, "test-model")
+    assert [(limit.scope, limit.name) for limit in limits if limit.unit == "usd"] == [("key", "usd_day")]

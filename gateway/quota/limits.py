@@ -55,7 +55,7 @@ class Limit:
     def describe(self) -> str:
         if self.unit == "usd":
             every = "in total" if self.period == "total" else f"per {self.period}"
-            return f"a budget of ${self.value / USD:,.2f} {every}"
+            return f"budget of ${self.value / USD:,.2f} {every}"
         return f"{self.value} {self.unit} per {self.period}"
 
 
