@@ -148,3 +148,16 @@ def test_a_per_model_row_does_not_count_a_second_budget(transactional_db):
     principal = load_entry(key.prefix, 0).principal
     limits = quota.key_limits(principal, "test-model")
     assert [(limit.scope, limit.name) for limit in limits if limit.unit == "usd"] == [("key", "usd_day")]
+
+
+def test_a_request_served_by_a_fallback_deployment_spends_its_real_cost_once(portal, upstream, transactional_db):
+    from tests.mock_upstream import Behaviour
+
+    provider = make_provider(upstream)
+    for priority, model in enumerate(["failing", "mock-1"]):
+        make_deployment(provider, upstream_model=model, priority=priority, billing="paid", input_price_per_mtok=0,
+                        output_price_per_mtok=10_000)
+    upstream.set_behaviour("failing", Behaviour(status=500))
+    key = budget_key("0.12")  # four requests, wherever they are served
+    statuses = [post_chat(portal.url, key).status_code for _ in range(5)]
+    assert statuses == [200, 200, 200, 200, 429]
