@@ -72,7 +72,7 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
     date_hierarchy = "created"
     fieldsets = [
         (None, {"fields": ["owner", "name", "key_prefix", "status_badge", "expires", "allowed_models"]}),
-        ("Limits", {"fields": ["rpm", "rpd", "tokens_per_day", "tokens_per_month"]}),
+        ("Limits", {"fields": ["rpm", "rpd", "tokens_per_day", "tokens_per_month", "max_budget", "budget_duration"]}),
         ("Metadata", {"fields": ["tags", "created", "last_used", "revoked_at"]}),
         ("Spend", {"fields": ["spend"]}),
     ]
@@ -91,7 +91,8 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
         if obj is None:  # nothing to show read-only before the key exists
             return [
                 (None, {"fields": ["owner", "name", "expires", "allowed_models"]}),
-                ("Limits", {"fields": ["rpm", "rpd", "tokens_per_day", "tokens_per_month"]}),
+                ("Limits", {"fields": ["rpm", "rpd", "tokens_per_day", "tokens_per_month", "max_budget",
+                                       "budget_duration"]}),
                 ("Metadata", {"fields": ["tags"]}),
             ]
         return self.fieldsets
@@ -186,7 +187,8 @@ class KeyPolicyInline(admin.StackedInline):
     verbose_name = verbose_name_plural = "API key policy (self-service)"
     fieldsets = [
         (None, {"fields": ["max_keys", "allowed_models"]}),
-        ("Limits given to keys this user creates", {"fields": ["rpm", "rpd", "tokens_per_day", "tokens_per_month"]}),
+        ("Limits given to keys this user creates", {"fields": ["rpm", "rpd", "tokens_per_day", "tokens_per_month",
+                                                               "max_budget", "budget_duration"]}),
     ]
 
 

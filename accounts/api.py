@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -24,12 +25,15 @@ from rest_framework.response import Response
 
 from accounts import services, usage
 from accounts.auth import token_from
-from accounts.models import SELF_SERVE_PERMISSION, ApiKey, ApiKeyModelLimit
+from accounts.models import SELF_SERVE_PERMISSION, ApiKey, ApiKeyModelLimit, micro_usd
 from accounts.principal import KeyLimits
 from accounts.throttle import key_failures
 
 User = get_user_model()
 LIMIT_FIELDS = ["rpm", "rpd", "tokens_per_day", "tokens_per_month"]
+# LiteLLM's budget_duration strings this API takes, and the period each means (absent or null: in total).
+BUDGET_DURATIONS = {"1d": "day", "24h": "day", "day": "day", "30d": "month", "1mo": "month", "month": "month",
+                    "total": "total"}
 
 
 class MasterKey:
@@ -104,12 +108,33 @@ class ApiKeySerializer(serializers.ModelSerializer):
     owner: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="username", read_only=True)
     status = serializers.CharField(read_only=True)
     model_limits = ModelLimitSerializer(many=True, read_only=True)
+    # Numbers, as LiteLLM's key info has them (DRF would make a decimal a string).
+    max_budget = serializers.DecimalField(max_digits=12, decimal_places=2, coerce_to_string=False, read_only=True)
+    spend = serializers.SerializerMethodField(help_text="USD spent in the budget's current period (null: no budget).")
+    budget_remaining = serializers.SerializerMethodField(help_text="USD left of the budget (null: no budget).")
 
     class Meta:
         model = ApiKey
         fields = ["id", "name", "owner", "prefix", "status", "created", "expires", "revoked_at", "last_used",
-                  "allowed_models", *LIMIT_FIELDS, "model_limits", "tags"]
+                  "allowed_models", *LIMIT_FIELDS, "max_budget", "budget_duration", "spend", "budget_remaining",
+                  "model_limits", "tags"]
         read_only_fields = fields
+
+    def _budget(self, key: ApiKey) -> dict[str, Any] | None:
+        # Read once per key for both fields: each read asks the quota store.
+        held: dict[int, dict[str, Any] | None] = self.__dict__.setdefault("_budgets", {})
+        if key.pk not in held:
+            held[key.pk] = services.gateway.key_budget(key.pk, key.key_limits()) if key.max_budget is not None \
+                else None
+        return held[key.pk]
+
+    def get_spend(self, key: ApiKey) -> Decimal | None:
+        budget = self._budget(key)
+        return budget["spend"] if budget else None
+
+    def get_budget_remaining(self, key: ApiKey) -> Decimal | None:
+        budget = self._budget(key)
+        return budget["remaining"] if budget else None
 
 
 class ApiKeyCreatedSerializer(ApiKeySerializer):
@@ -135,6 +160,11 @@ class CreateApiKeySerializer(serializers.Serializer):
     rpd = serializers.IntegerField(min_value=0, required=False, allow_null=True, default=None)
     tokens_per_day = serializers.IntegerField(min_value=0, required=False, allow_null=True, default=None)
     tokens_per_month = serializers.IntegerField(min_value=0, required=False, allow_null=True, default=None)
+    max_budget = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=Decimal(0), required=False,
+                                          allow_null=True, default=None, help_text="USD (LiteLLM's max_budget).")
+    budget_duration = serializers.CharField(
+        required=False, allow_null=True, default=None,
+        help_text="When the budget starts over: 1d/24h (daily), 30d/1mo (monthly); null or absent: never.")
     model_limits = ModelLimitSerializer(many=True, required=False, default=list)
     tags = serializers.DictField(child=serializers.CharField(max_length=200), required=False, default=dict)
 
@@ -142,6 +172,15 @@ class CreateApiKeySerializer(serializers.Serializer):
         if value is not None and value <= timezone.now():
             raise serializers.ValidationError("Must be in the future.")
         return value
+
+    def validate_budget_duration(self, value: str | None) -> str:
+        if value is None:
+            return "total"
+        if value not in BUDGET_DURATIONS:
+            raise serializers.ValidationError(
+                f"Unknown budget_duration '{value}'. Accepted: {', '.join(BUDGET_DURATIONS)}, or null for a "
+                "budget that never resets.")
+        return BUDGET_DURATIONS[value]
 
     def validate_allowed_models(self, value: list[str]) -> list[str]:
         unknown = sorted(set(value) - known_models())
@@ -166,7 +205,9 @@ class CreateApiKeySerializer(serializers.Serializer):
                 data["name"],
                 expires=data["expires"],
                 allowed_models=data["allowed_models"],
-                limits=KeyLimits(**{f: data[f] for f in LIMIT_FIELDS}),
+                limits=KeyLimits(**{f: data[f] for f in LIMIT_FIELDS},
+                                 budget=micro_usd(data["max_budget"]) if data["max_budget"] is not None else None,
+                                 budget_period=data["budget_duration"]),
                 tags=data["tags"],
                 actor=by,
             )

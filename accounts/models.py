@@ -6,18 +6,21 @@ stored only as an HMAC-SHA256 under a server-side pepper, so a database dump doe
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import logging
 import secrets
 import string
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -68,6 +71,14 @@ def actor_name(actor: Any) -> str:
     return str(getattr(actor, "username", "") or "anonymous")
 
 
+BUDGET_DURATIONS = [("day", "per day"), ("month", "per month"), ("total", "in total (never resets)")]
+
+
+def micro_usd(amount: Decimal) -> int:
+    """The stores count budgets in integer micro-dollars."""
+    return int(amount * 1_000_000)
+
+
 class LimitFields(models.Model):
     """The quota fields gateway.quota enforces (None = no limit of that kind)."""
 
@@ -75,6 +86,15 @@ class LimitFields(models.Model):
     rpd = models.PositiveIntegerField(null=True, blank=True, verbose_name="requests per day")
     tokens_per_day = models.PositiveBigIntegerField(null=True, blank=True)
     tokens_per_month = models.PositiveBigIntegerField(null=True, blank=True)
+    max_budget = models.DecimalField(
+        max_digits=12, decimal_places=2, null=True, blank=True, validators=[MinValueValidator(0)],
+        verbose_name="budget (USD)", help_text="The most this may spend, at the deployments' prices. Blank: no budget.",
+    )
+    budget_duration = models.CharField(
+        max_length=5, choices=BUDGET_DURATIONS, default="total", blank=True,
+        help_text="When the budget starts over: each day, each month (midnight KEY_QUOTA_TIMEZONE), or never "
+                  "(blank: never).",
+    )
 
     class Meta:
         abstract = True
@@ -87,6 +107,9 @@ class LimitFields(models.Model):
             rpd=self.rpd if self.rpd is not None else base.rpd,
             tokens_per_day=self.tokens_per_day if self.tokens_per_day is not None else base.tokens_per_day,
             tokens_per_month=self.tokens_per_month if self.tokens_per_month is not None else base.tokens_per_month,
+            # The budget and its period go together: a blank budget takes both from the fallback.
+            budget=micro_usd(self.max_budget) if self.max_budget is not None else base.budget,
+            budget_period=(self.budget_duration or "total") if self.max_budget is not None else base.budget_period,
         )
 
 
@@ -195,6 +218,8 @@ class ApiKeyManager(models.Manager.from_queryset(ApiKeyQuerySet)):  # type: igno
                 rpd=limits.rpd,
                 tokens_per_day=limits.tokens_per_day,
                 tokens_per_month=limits.tokens_per_month,
+                max_budget=Decimal(limits.budget) / 1_000_000 if limits.budget is not None else None,
+                budget_duration=limits.budget_period,
                 tags=dict(tags or {}),
             )
             token = key.generate()
@@ -306,7 +331,9 @@ class ApiKey(LimitFields):
 
     def principal_limits(self) -> tuple[KeyLimits, dict[str, KeyLimits]]:
         limits = self.key_limits()
-        return limits, {row.public_model: row.key_limits(limits) for row in self.model_limits.all()}
+        # The key's budget covers every model: a per-model row never counts a second one of its own.
+        return limits, {row.public_model: dataclasses.replace(row.key_limits(limits), budget=None)
+                        for row in self.model_limits.all()}
 
 
 class ApiKeyModelLimit(LimitFields):

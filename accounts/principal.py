@@ -18,9 +18,13 @@ class KeyLimits:
     rpd: int | None = None
     tokens_per_day: int | None = None
     tokens_per_month: int | None = None
+    # A USD budget in micro-dollars, spent per day, month or in total.
+    budget: int | None = None
+    budget_period: str = "total"
 
     def any(self) -> bool:
-        return any(v is not None for v in (self.rpm, self.rpd, self.tokens_per_day, self.tokens_per_month))
+        return any(v is not None for v in (self.rpm, self.rpd, self.tokens_per_day, self.tokens_per_month,
+                                           self.budget))
 
 
 @dataclass(frozen=True)

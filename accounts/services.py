@@ -26,6 +26,10 @@ def _no_summary(key_id: int, limits: KeyLimits) -> str:
     return "—"
 
 
+def _no_budget(key_id: int, limits: KeyLimits) -> dict[str, Any] | None:
+    return None
+
+
 @dataclass
 class Gateway:
     # Every enabled public model name, sorted (the key forms' choices).
@@ -36,6 +40,9 @@ class Gateway:
     key_status: Callable[[Principal, list[str]], list[dict[str, Any]]] = _no_status
     # "3/10 RPM · 41/50 RPD": a key's own limits against its live counters (the admin's key list).
     key_summary: Callable[[int, KeyLimits], str] = _no_summary
+    # A key's budget now: {"limit", "spend", "remaining" (Decimal USD), "period", "resets_at" (a datetime or
+    # None)}; None without a budget.
+    key_budget: Callable[[int, KeyLimits], dict[str, Any] | None] = _no_budget
 
 
 gateway = Gateway()

@@ -9,7 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from accounts import usage
+from accounts import services, usage
 from accounts.forms import CreateKeyForm
 from accounts.models import ApiKey, KeyLimitReached, KeyPolicy
 from accounts.pages import secure_page, self_service
@@ -81,6 +81,8 @@ def _detail(request: HttpRequest, key: ApiKey, token: str | None = None, status:
         "quota": usage.quota_rows(key),
         "usage": usage.today_by_key([key.pk]).get(key.pk),
         "spend": usage.key_spend(key.pk),
+        # What is left of the key's USD budget, if it has one (read from the live counters).
+        "budget": services.gateway.key_budget(key.pk, key.key_limits()) if key.max_budget is not None else None,
     }
     return render(request, "accounts/key_detail.html", context, status=status)
 

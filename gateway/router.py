@@ -53,6 +53,8 @@ def quota_error(refusal: Outcome, model: str) -> GatewayError:
             code="rate_limit_exceeded", type="requests", headers=headers,
         )
     limit = refusal.check.limit
+    if limit.unit == "usd":
+        return budget_error(limit, refusal.retry_after)
     headers |= {
         f"x-ratelimit-limit-{limit.unit}": str(limit.value),
         f"x-ratelimit-remaining-{limit.unit}": "0",
@@ -73,6 +75,22 @@ def quota_error(refusal: Outcome, model: str) -> GatewayError:
         f"in {quota.format_duration(retry)}.",
         code="insufficient_quota", type="insufficient_quota", headers=headers,
     )
+
+
+def budget_error(limit: Limit, retry_after: float) -> GatewayError:
+    """A spent budget: 429 insufficient_quota like a daily quota, naming the budget and its reset. A total
+    budget never resets, so no Retry-After is sent (no wait would help)."""
+    whose = f"{limit.label[:1].upper()}{limit.label[1:]}'s"
+    if limit.period == "total":
+        return GatewayError(
+            429, f"{whose} {limit.describe()} is spent; it does not reset. Ask an "
+            "administrator to raise it.", code="insufficient_quota", type="insufficient_quota")
+    retry = max(math.ceil(retry_after), 1)
+    resets = dt.datetime.fromtimestamp(clock.now() + retry_after, dt.UTC)
+    return GatewayError(
+        429, f"{whose} {limit.describe()} is spent; it resets at {resets:%Y-%m-%d %H:%M} UTC "
+        f"(midnight {limit.tz}), in {quota.format_duration(retry)}.",
+        code="insufficient_quota", type="insufficient_quota", headers={"Retry-After": str(retry)})
 
 
 def _earliest(a: Outcome | None, b: Outcome) -> Outcome:
@@ -137,7 +155,8 @@ async def within(seconds: float, route: Route, work: Awaitable[T]) -> T:
 
 
 async def _admit_one(
-    candidates: list[Route], tried: set[int], plimits: tuple[Limit, ...], tokens: int, call: Call
+    candidates: list[Route], tried: set[int], plimits: tuple[Limit, ...], tokens: int, call: Call,
+    parts: tuple[int, int] | None = None,
 ) -> tuple[Route, Admission] | Outcome | None:
     """The first deployment with room, or the refusal that frees up soonest (None: nothing left to try). A
     deployment the request can never fit (larger than one of its tokens limits) is skipped; its refusal is
@@ -147,7 +166,9 @@ async def _admit_one(
     for route in candidates:
         if route.id in tried:
             continue
-        result = await quota.try_admit(route.limits, route.id, tokens, plimits)
+        # With a budget, the request costs what this deployment charges for it (a free one: nothing).
+        usd = quota.micro_usd(route.price.estimate(*parts)) if parts and plimits and route.price else 0
+        result = await quota.try_admit(route.limits, route.id, tokens, plimits, usd)
         if isinstance(result, Admission):
             return route, result
         own = result.check is not None and result.check.limit.scope in ("key", "key-model")
@@ -168,12 +189,14 @@ async def candidates(plan: Plan, body: dict[str, Any], call: Call, *, key_counte
     ordered = plan.ordered()
     tokens = quota.estimate_tokens(body)
     plimits = () if key_counted else quota.key_limits(call.principal, call.model)
+    parts = quota.estimate_parts(body) if any(limit.unit == "usd" for limit in plimits) else None
     max_wait = max((r.max_wait_seconds for r in plan.routes), default=0.0)
     deadline = clock.now() + max_wait
     tried: set[int] = set()
     gate = _gates.setdefault(call.model, asyncio.Lock())
     # Requests already queued for a slot go first: a newcomer does not overtake them.
-    result = None if (max_wait > 0 and gate.locked()) else await _admit_one(ordered, tried, plimits, tokens, call)
+    result = None if (max_wait > 0 and gate.locked()) else await _admit_one(ordered, tried, plimits, tokens, call,
+                                                                            parts)
     while True:
         if isinstance(result, tuple):
             route, admission = result
@@ -189,15 +212,16 @@ async def candidates(plan: Plan, body: dict[str, Any], call: Call, *, key_counte
             raise quota.beyond_reach_error(result, call.model, body)  # a 400: waiting would never help
         if result is not None and clock.now() + result.retry_after > deadline:
             raise quota_error(result, call.model)
-        result = await _wait_for_slot(gate, ordered, plimits, tokens, call, deadline)
+        result = await _wait_for_slot(gate, ordered, plimits, tokens, call, deadline, parts)
 
 
 async def _wait_for_slot(
-    gate: asyncio.Lock, ordered: list[Route], plimits: tuple[Limit, ...], tokens: int, call: Call, deadline: float
+    gate: asyncio.Lock, ordered: list[Route], plimits: tuple[Limit, ...], tokens: int, call: Call, deadline: float,
+    parts: tuple[int, int] | None = None,
 ) -> tuple[Route, Admission] | Outcome | None:
     async with gate:
         while True:
-            result = await _admit_one(ordered, set(), plimits, tokens, call)
+            result = await _admit_one(ordered, set(), plimits, tokens, call, parts)
             if not isinstance(result, Outcome) or result.beyond_reach:
                 return result
             if clock.now() + result.retry_after > deadline:

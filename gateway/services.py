@@ -3,7 +3,9 @@ live quota counters for their pages. Handed over by GatewayConfig.ready() (gatew
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from decimal import Decimal
 from typing import Any
 
 from accounts import services as accounts_services
@@ -29,6 +31,16 @@ def all_models() -> list[str]:
 
 def key_summary(key_id: int, limits: KeyLimits) -> str:
     return quota.summary(quota.key_wide_limits(key_id, limits))
+
+
+def key_budget(key_id: int, limits: KeyLimits) -> dict[str, Any] | None:
+    if limits.budget is None:
+        return None
+    state = next(s for s in quota.usage_of(quota.key_wide_limits(key_id, limits)) if s["unit"] == "usd")
+    usd = Decimal(quota.USD)
+    return {"limit": state["limit"] / usd, "spend": state["used"] / usd, "remaining": state["remaining"] / usd,
+            "period": state["period"],
+            "resets_at": dt.datetime.fromisoformat(state["resets_at"]) if state["resets_at"] else None}
 
 
 def deployment_quotas() -> list[dict[str, Any]]:
@@ -83,6 +95,7 @@ def prices() -> dict[int, pricing.DeploymentPrice]:
 def register() -> None:
     accounts_services.gateway = accounts_services.Gateway(
         enabled_models=enabled_models, all_models=all_models, key_status=quota.key_status, key_summary=key_summary,
+        key_budget=key_budget,
     )
     tracking_services.gateway = tracking_services.Gateway(deployment_quotas=deployment_quotas, prices=prices)
     # The throttles read the portal's clock, which tests move forward instead of sleeping.

@@ -124,6 +124,8 @@ def test_creating_a_key_returns_its_plaintext_once(personas, master, catalog):
     ({"expires": "2001-01-01T00:00:00Z"}, "expires"),
     ({"name": ""}, "name"),
     ({"rpm": -1}, "rpm"),
+    ({"budget_duration": "7d"}, "budget_duration"),
+    ({"max_budget": -1}, "max_budget"),
     ({"model_limits": [{"model": "test-model"}, {"model": "test-model"}]}, "model_limits"),
 ])
 def test_an_invalid_key_is_refused_naming_the_field(personas, master, catalog, change, field):
@@ -131,6 +133,27 @@ def test_an_invalid_key_is_refused_naming_the_field(personas, master, catalog, c
     assert response.status_code == 400
     assert field in response.json()
     assert ApiKey.objects.count() == 0
+
+
+def test_a_key_takes_litellms_budget_names_and_shows_what_is_left(personas, master, catalog):
+    response = post(master, "/api/keys/", {"owner": "bob", "name": "svc", "max_budget": 5, "budget_duration": "1d"})
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert (body["max_budget"], body["budget_duration"], body["spend"], body["budget_remaining"]) == \
+        (5.0, "day", 0.0, 5.0)
+    principal = async_to_sync(keys.resolve_token)(body["key"])
+    assert (principal.limits.budget, principal.limits.budget_period) == (5_000_000, "day")
+    forever = post(master, "/api/keys/", {"owner": "bob", "name": "svc2", "max_budget": 1}).json()
+    assert forever["budget_duration"] == "total"
+    unlimited = post(master, "/api/keys/", {"owner": "bob", "name": "svc3"}).json()
+    assert (unlimited["max_budget"], unlimited["spend"], unlimited["budget_remaining"]) == (None, None, None)
+
+
+def test_a_bad_budget_duration_is_refused_listing_the_accepted_ones(personas, master, catalog):
+    response = post(master, "/api/keys/", {"owner": "bob", "name": "svc", "max_budget": 5, "budget_duration": "1w"})
+    assert response.status_code == 400
+    message = response.json()["budget_duration"][0]
+    assert "1w" in message and "1d" in message and "30d" in message and "null" in message
 
 
 def test_keys_are_listed_and_filtered_by_owner_and_status(personas, master):

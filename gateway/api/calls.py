@@ -158,6 +158,17 @@ def finish(call: Call) -> None:
 def _settle(call: Call) -> None:
     # Deployments that failed served no tokens: give their estimate back; the one that answered
     # is corrected to its real usage.
+    answered = call.status == 200
+    # The key's budget is counted on the first admission only (once per request, not per attempt): it pays
+    # the real cost of the deployment that answered, whichever admission that was.
+    usd = _real_usd(call) if answered and any(a.plan.usd for a in call.admissions) else 0
     for admission in call.admissions[:-1]:
-        quota.settle(admission, 0)
-    quota.settle(call.admissions[-1], call.total_tokens if call.status == 200 else 0)
+        quota.settle(admission, 0, usd)
+    quota.settle(call.admissions[-1], call.total_tokens if answered else 0, usd)
+
+
+def _real_usd(call: Call) -> int | None:
+    """The call's cost in micro-dollars; None when unknown (the estimate stands)."""
+    if call.route is None or call.route.price is None:
+        return None
+    return quota.micro_usd(call.route.price.cost(call.prompt_tokens, call.completion_tokens).usd)

@@ -24,8 +24,9 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import InterfaceError, OperationalError
 
-from gateway import db, redact
+from gateway import db, pricing, redact
 from gateway.models import CATALOG_VERSION_KEY, LocalChanges, bump_catalog_version
+from gateway.pricing import DeploymentPrice
 from gateway.quota import Limit
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class Route:
     timeout: float = 600.0
     stream_timeout: float = 600.0
     num_retries: int = 0
+    # How the deployment is charged: what a request counts against a budget.
+    price: DeploymentPrice | None = field(default=None, repr=False, compare=False)
 
     @property
     def mode(self) -> str:
@@ -165,6 +168,7 @@ def route_for(d: Any, policy: RouterPolicy | None = None) -> Route:
         reset_timezone=p.reset_timezone,
         max_wait_seconds=d.max_wait_seconds,
         limits=deployment_limits(d),
+        price=pricing.for_deployment(d),
         proxy_url=p.proxy_url,
         timeout=timeout,
         # LiteLLM's rule: a stream without its own stream_timeout starts within the timeout.

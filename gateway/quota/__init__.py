@@ -18,8 +18,10 @@ the modules behind them:
 from gateway.quota.admission import (
     Admission,
     beyond_reach_error,
+    estimate_parts,
     estimate_tokens,
     format_duration,
+    micro_usd,
     park,
     settle,
     store,
@@ -27,7 +29,7 @@ from gateway.quota.admission import (
 )
 from gateway.quota.leases import LEASE_FIRST, LEASE_MAX, LEASE_PACE, LEASE_RETRY_MS, Lease
 from gateway.quota.ledger import Ledger, ledger, reset_daily_counters
-from gateway.quota.limits import Check, Limit, Plan, cooldown_key, key_limits, key_wide_limits, plan_for, window
+from gateway.quota.limits import USD, Check, Limit, Plan, cooldown_key, key_limits, key_wide_limits, plan_for, window
 from gateway.quota.memory_store import MemoryStore
 from gateway.quota.redis_store import RedisStore
 from gateway.quota.reporting import key_status, summary, usage_of
@@ -38,6 +40,7 @@ __all__ = [
     "LEASE_MAX",
     "LEASE_PACE",
     "LEASE_RETRY_MS",
+    "USD",
     "Admission",
     "Check",
     "Correction",
@@ -51,12 +54,14 @@ __all__ = [
     "Store",
     "beyond_reach_error",
     "cooldown_key",
+    "estimate_parts",
     "estimate_tokens",
     "format_duration",
     "key_limits",
     "key_status",
     "key_wide_limits",
     "ledger",
+    "micro_usd",
     "park",
     "plan_for",
     "reset_daily_counters",

@@ -1,8 +1,9 @@
 -- A batch of requests, answered in order as if each ran alone at `now`.
 -- KEYS: the keys of every plan in the batch. ARGV[1]: now_ms; ARGV[2]: the number of plans P; then P plans,
 -- "base|cooldown;kind,unit,limit,window,key;..." (kind "s" sliding / "f" fixed; unit "r" requests / "t"
--- tokens; window: the window's length (sliding) or its reset time in ms (fixed); cooldown and key: indexes
--- into KEYS after `base`, cooldown 0 for none); then one "plan,tokens,lease_requests,lease_tokens" per request.
+-- tokens / "u" micro-dollars of a budget; window: the window's length (sliding) or its reset time in ms (fixed); cooldown and key: indexes
+-- into KEYS after `base`, cooldown 0 for none); then one "plan,tokens,lease_requests,lease_tokens,usd" per
+-- request (usd: its estimated cost in micro-dollars; never leased).
 -- Returns nine integers per request: 1 and the tightest requests and tokens limits (index, used, reset_ms
 -- each; index 0 for none), then the requests and tokens of the lease granted (0,0: none) when admitted;
 -- 0,index,used,retry_ms when refused by check `index`; 0,0,0,ms_left when the deployment is parked;
@@ -77,14 +78,16 @@ local function retry_in(key, win, cost, limit)
   end
   return win.w
 end
--- Count `r` against each requests limit of a plan and `t` against each tokens limit: in this second's bucket
--- of per-minute windows (a request), or in the next second's (a lease).
-local function count(plan, r, t, ahead)
+-- Count `r` against each requests limit of a plan, `t` against each tokens limit and `u` against each budget:
+-- in this second's bucket of per-minute windows (a request), or in the next second's (a lease).
+local function count(plan, r, t, u, ahead)
   local checks = plan[2]
   local bucket = ahead and second + 1 or second
   for i = 1, plan[3] do
     local check = checks[i]
-    local k, cost = check[5], check[2] and t or r
+    local unit, k = check[2], check[5]
+    local cost = r
+    if unit == 't' then cost = t elseif unit == 'u' then cost = u end
     if check[1] then
       local win = windows[k]
       win.total = win.total + cost
@@ -100,7 +103,7 @@ local function count(plan, r, t, ahead)
 end
 -- One request: seven numbers (see above), returned as values, not a table (the client's reply is built from
 -- them directly; a table per request costs as much as the checks).
-local function answer(plan, tokens)
+local function answer(plan, tokens, usd)
   local cool = plan[1]
   if cool then
     if parked[cool] == nil then parked[cool] = tonumber(redis.call('GET', cool) or '0') end
@@ -112,8 +115,9 @@ local function answer(plan, tokens)
   local ri, ru, rr, rroom, ti, tu, tr, troom = 0, 0, 0, 0, 0, 0, 0, 0
   for i = 1, n do
     local check = checks[i]
-    local sliding, by_tokens, limit, w, k = check[1], check[2], check[3], check[4], check[5]
-    local cost = by_tokens and tokens or 1
+    local sliding, unit, limit, w, k = check[1], check[2], check[3], check[4], check[5]
+    local cost = 1
+    if unit == 't' then cost = tokens elseif unit == 'u' then cost = usd end
     local used, reset
     if sliding then
       local win = windows[k]
@@ -134,13 +138,13 @@ local function answer(plan, tokens)
       if used + cost > limit then return 0, i, used, w - now, 0, 0, 0 end
       reset = w - now
     end
-    if by_tokens then
+    if unit == 't' then
       if ti == 0 or limit - used < troom then ti, tu, tr, troom = i, used, reset, limit - used end
-    elseif ri == 0 or limit - used < rroom then
+    elseif unit == 'r' and (ri == 0 or limit - used < rroom) then
       ri, ru, rr, rroom = i, used, reset, limit - used
     end
   end
-  count(plan, 1, tokens, false)  -- every limit has room: count the request in all of them
+  count(plan, 1, tokens, usd, false)  -- every limit has room: count the request in all of them
   return 1, ri, ru, rr, ti, tu, tr
 end
 -- After a request was counted: reserve up to `want_r` more requests and `want_t` tokens (scaled down together
@@ -153,7 +157,8 @@ local function lease(plan, want_r, want_t)
   for i = 1, n do
     local check = checks[i]
     local k, limit = check[5], check[3]
-    local cost = check[2] and want_t or want_r
+    local cost = want_r
+    if check[2] == 't' then cost = want_t elseif check[2] == 'u' then cost = 0 end
     if cost > 0 then
       local used = check[1] and windows[k].total or counters[k].value
       local s = (limit - used) / 16 / cost
@@ -163,7 +168,7 @@ local function lease(plan, want_r, want_t)
   local r = math.floor(want_r * share)
   if r < 2 then return 0, 0 end
   local t = math.floor(want_t * share)
-  count(plan, r, t, true)
+  count(plan, r, t, 0, true)
   return r, t
 end
 local plans = {}
@@ -174,7 +179,7 @@ for p = 1, nplans do
   local checks = {}
   for kind, unit, limit, w, k in string.gmatch(rest, '(%a),(%a),(%d+),(%d+),(%d+)') do
     -- By name: plans that share a counter (a key's limits, a pool's) share its state within the batch.
-    checks[#checks + 1] = {kind == 's', unit == 't', tonumber(limit), tonumber(w), KEYS[base + tonumber(k)]}
+    checks[#checks + 1] = {kind == 's', unit, tonumber(limit), tonumber(w), KEYS[base + tonumber(k)]}
   end
   plans[p] = {cool > 0 and KEYS[base + cool] or false, checks, #checks}
 end
@@ -182,9 +187,9 @@ end
 -- text here (or nesting arrays for the client to walk) would cost more than the checks themselves.
 local replies, m = {}, 0
 for r = 3 + nplans, #ARGV do
-  local p, tokens, want_r, want_t = string.match(ARGV[r], '(%d+),(%d+),(%d+),(%d+)')
+  local p, tokens, want_r, want_t, usd = string.match(ARGV[r], '(%d+),(%d+),(%d+),(%d+),(%d+)')
   local plan = plans[tonumber(p)]
-  local a, b, c, d, e, f, g = answer(plan, tonumber(tokens))
+  local a, b, c, d, e, f, g = answer(plan, tonumber(tokens), tonumber(usd))
   local lr, lt = 0, 0
   if a == 1 and want_r ~= '0' then lr, lt = lease(plan, tonumber(want_r), tonumber(want_t)) end
   replies[m + 1], replies[m + 2], replies[m + 3], replies[m + 4] = a, b, c, d

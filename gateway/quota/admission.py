@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -23,7 +24,7 @@ from django.conf import settings
 from gateway import clock, db
 from gateway.errors import GatewayError
 from gateway.quota.ledger import ledger
-from gateway.quota.limits import MINUTE_MS, Check, Limit, Plan, cooldown_key, plan_for
+from gateway.quota.limits import MINUTE_MS, USD, Check, Limit, Plan, cooldown_key, plan_for
 from gateway.quota.memory_store import MemoryStore
 from gateway.quota.redis_store import RedisStore
 from gateway.quota.store import Correction, Outcome, Store, clock_ms
@@ -53,6 +54,7 @@ class Admission:
     plan: Plan
     outcome: Outcome
     estimated_tokens: int
+    estimated_usd: int = 0  # micro-dollars, counted against the plan's budgets (if any)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """x-ratelimit-* (encoded) for the tightest request and token limits this request was counted against."""
@@ -87,17 +89,19 @@ def _duration(seconds: int) -> str:
 
 
 async def try_admit(
-    limits: Sequence[Limit], deployment_id: int | None, tokens: int, key_limits: Sequence[Limit] = ()
+    limits: Sequence[Limit], deployment_id: int | None, tokens: int, key_limits: Sequence[Limit] = (),
+    usd: int = 0,
 ) -> Admission | Outcome:
-    """Check and consume every limit at once (the deployment's and the key's); returns an Admission, or the
-    refusing Outcome (`beyond_reach` when the request alone is larger than one of the limits)."""
+    """Check and consume every limit at once (the deployment's and the key's, budgets included: `usd` is the
+    request's estimated cost in micro-dollars); returns an Admission, or the refusing Outcome (`beyond_reach`
+    when the request alone is larger than one of the tokens limits)."""
     for _ in range(len(limits) + len(key_limits) + 1):
         now = clock.now()
         plan = plan_for(limits, key_limits, deployment_id, now)
         if tokens > plan.most_tokens:
             return Outcome(False, check=plan.beyond_reach(tokens), beyond_reach=True)
         try:
-            outcome = await store().acquire(plan, tokens, int(now * 1000))
+            outcome = await store().acquire(plan, tokens, int(now * 1000), usd if plan.usd else 0)
         except Exception as e:
             log.error("quota store unavailable: %s", type(e).__name__)
             raise GatewayError(503, "The quota store is unavailable, so no request can be admitted safely. "
@@ -108,7 +112,7 @@ async def try_admit(
         await _seed(plan.checks[outcome.missing])
     if not outcome.admitted:
         return outcome
-    return Admission(outcome.at_ms // 1000, plan, outcome, tokens)
+    return Admission(outcome.at_ms // 1000, plan, outcome, tokens, usd if plan.usd else 0)
 
 
 async def _seed(check: Check) -> None:
@@ -118,16 +122,22 @@ async def _seed(check: Check) -> None:
     await store().seed(check.key, value, check.window_ms)
 
 
-def settle(admission: Admission, actual_tokens: int | None) -> None:
-    """Once the call is over: correct the token estimate with the real usage (queued, never awaited), and hand
-    what it consumed of daily and monthly windows to the durable counters. Those get it here rather than at
-    admission: one write per request, and a request still in flight lives in the fast store meanwhile."""
+def settle(admission: Admission, actual_tokens: int | None, actual_usd: int | None = None) -> None:
+    """Once the call is over: correct the token and cost estimates with the real usage (queued, never awaited),
+    and hand what it consumed of daily, monthly and total windows to the durable counters. Those get it here
+    rather than at admission: one write per request, and a request still in flight lives in the fast store
+    meanwhile."""
     plan, estimate = admission.plan, admission.estimated_tokens
     delta = 0 if actual_tokens is None else actual_tokens - estimate
-    if delta and plan.tokens:
-        store().correct([Correction(c.key, c.limit.sliding, admission.bucket, delta) for c in plan.tokens])
+    corrections = [Correction(c.key, c.limit.sliding, admission.bucket, delta) for c in plan.tokens] if delta else []
+    usd = admission.estimated_usd
+    if plan.usd and actual_usd is not None and actual_usd != usd:
+        corrections += [Correction(c.key, c.limit.sliding, admission.bucket, actual_usd - usd) for c in plan.usd]
+        usd = actual_usd
+    if corrections:
+        store().correct(corrections)
     if plan.fixed:
-        ledger.add([(c.durable_key, c.day, c.cost(estimate + delta)) for c in plan.fixed if c.day is not None])
+        ledger.add([(c.durable_key, c.day, c.cost(estimate + delta, usd)) for c in plan.fixed if c.day is not None])
 
 
 async def park(deployment_id: int, seconds: float) -> None:
@@ -138,11 +148,22 @@ async def park(deployment_id: int, seconds: float) -> None:
 
 def estimate_tokens(body: dict[str, Any]) -> int:
     """Prompt size (about 4 characters a token) plus the completion budget the client allows."""
+    prompt, completion = estimate_parts(body)
+    return prompt + completion
+
+
+def estimate_parts(body: dict[str, Any]) -> tuple[int, int]:
+    """The prompt's estimated tokens and the completion budget, apart (they are priced apart)."""
     prompt = len(orjson.dumps(body.get("messages") or body.get("input") or "")) // 4 + 1
     completion = body.get("max_completion_tokens") or body.get("max_tokens")
     if not isinstance(completion, int) or isinstance(completion, bool):
         completion = settings.QUOTA_DEFAULT_COMPLETION_TOKENS
-    return prompt + completion
+    return prompt, completion
+
+
+def micro_usd(amount: Decimal | None) -> int:
+    """Dollars as the stores count budgets: integer micro-dollars, rounded up (a budget never undercounts)."""
+    return math.ceil(amount * USD) if amount else 0
 
 
 def beyond_reach_error(refusal: Outcome, model: str, body: dict[str, Any]) -> GatewayError:

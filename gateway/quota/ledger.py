@@ -95,7 +95,8 @@ def durable_value(key: str, day: dt.date) -> int:
 def reset_daily_counters(keep_days: int = 7) -> int:
     """Drop durable counters of windows long past (live windows roll over by themselves at midnight)."""
     cutoff = dt.date.fromtimestamp(clock.now()) - dt.timedelta(days=keep_days + 31)
-    deleted, _ = DailyCounter.objects.filter(day__lt=cutoff).delete()
+    # A total budget's counter is one window that never rolls over (dated limits.TOTAL_START): kept.
+    deleted, _ = DailyCounter.objects.filter(day__lt=cutoff).exclude(key__endswith=":usd_total").delete()
     return deleted
 
 

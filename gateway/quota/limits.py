@@ -31,19 +31,20 @@ class Limit:
     scope: str  # deployment | pool | key | key-model
     scope_id: str
     label: str  # for messages: "provider 'gemini'", "pool 'openrouter-free'", "your API key"
-    name: str  # rpm | tpm | rpd | tpd | tokens_per_month
+    name: str  # rpm | tpm | rpd | tpd | tokens_per_month | usd_day | usd_month | usd_total
     value: int
     tz: str = "UTC"
     # Derived once, read on every request.
-    unit: str = field(init=False, repr=False, compare=False)  # requests | tokens
-    period: str = field(init=False, repr=False, compare=False)  # minute | day | month
+    unit: str = field(init=False, repr=False, compare=False)  # requests | tokens | usd (in micro-dollars)
+    period: str = field(init=False, repr=False, compare=False)  # minute | day | month | total
     sliding: bool = field(init=False, repr=False, compare=False)  # per-minute: slides; others: fixed windows
     base_key: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        period = {"rpm": "minute", "tpm": "minute", "rpd": "day", "tpd": "day"}.get(self.name, "month")
+        period = _PERIODS.get(self.name, "month")
+        unit = "requests" if self.name in ("rpm", "rpd") else "usd" if self.name.startswith("usd_") else "tokens"
         derived = {
-            "unit": "requests" if self.name in ("rpm", "rpd") else "tokens",
+            "unit": unit,
             "period": period,
             "sliding": period == "minute",
             "base_key": f"{self.scope}:{self.scope_id}:{self.name}",
@@ -52,7 +53,18 @@ class Limit:
             object.__setattr__(self, name, value)  # frozen
 
     def describe(self) -> str:
+        if self.unit == "usd":
+            every = "in total" if self.period == "total" else f"per {self.period}"
+            return f"budget of ${self.value / USD:,.2f} {every}"
         return f"{self.value} {self.unit} per {self.period}"
+
+
+_PERIODS = {"rpm": "minute", "tpm": "minute", "rpd": "day", "tpd": "day", "usd_day": "day", "usd_total": "total"}
+# Budgets are counted in integer micro-dollars, so the stores stay integer.
+USD = 1_000_000
+# A "total" budget is one fixed window that never rolls over: it begins here and ends far beyond any key.
+TOTAL_START = dt.date(2000, 1, 1)
+TOTAL_END = dt.datetime(2100, 1, 1, tzinfo=dt.UTC).timestamp()
 
 
 # (tz, period) -> (window start, reset time, first day): every request needs its windows, which change
@@ -82,6 +94,8 @@ def window_span(limit: Limit, now: float) -> tuple[dt.date, float, float]:
 def _window(limit: Limit, now: float) -> tuple[dt.date, float]:
     tz = zoneinfo.ZoneInfo(limit.tz)
     local = dt.datetime.fromtimestamp(now, tz)
+    if limit.period == "total":
+        return TOTAL_START, TOTAL_END
     if limit.period == "day":
         start = local.date()
         nxt = dt.datetime.combine(start + dt.timedelta(days=1), dt.time(), tz)
@@ -102,9 +116,10 @@ class Check:
     def durable_key(self) -> str:
         return self.limit.base_key
 
-    def cost(self, tokens: int) -> int:
-        """What one request of `tokens` (estimated) tokens counts against this limit."""
-        return 1 if self.limit.unit == "requests" else tokens
+    def cost(self, tokens: int, usd: int = 0) -> int:
+        """What one request of `tokens` (estimated) tokens and `usd` micro-dollars counts against this limit."""
+        unit = self.limit.unit
+        return 1 if unit == "requests" else tokens if unit == "tokens" else usd
 
 
 def cooldown_key(deployment_id: int) -> str:
@@ -117,7 +132,7 @@ class Plan:
     of now. Built once and reused by every request until a daily or monthly window rolls over: a request only
     adds its token estimate."""
 
-    __slots__ = ("begins", "checks", "cooldown", "ends", "fixed", "keys", "most_tokens", "spec", "tokens")
+    __slots__ = ("begins", "checks", "cooldown", "ends", "fixed", "keys", "most_tokens", "spec", "tokens", "usd")
 
     def __init__(self, limits: Sequence[Limit], now: float, cooldown: str | None = None) -> None:
         checks = []
@@ -133,6 +148,8 @@ class Plan:
         self.cooldown = cooldown
         self.fixed = tuple(c for c in checks if c.day is not None)
         self.tokens = tuple(c for c in checks if c.limit.unit == "tokens")
+        # Budgets: a plan without one (most) costs nothing more per request.
+        self.usd = tuple(c for c in checks if c.limit.unit == "usd")
         # The largest token estimate any window of this plan can ever hold: a request over it can never be
         # admitted, however long it waits.
         self.most_tokens = min((c.limit.value for c in self.tokens), default=math.inf)
@@ -204,13 +221,15 @@ def _joined(a: tuple[Limit, ...], b: tuple[Limit, ...]) -> tuple[Limit, ...]:
 
 
 def _limits_of(limits: Any, scope: str, scope_id: str, label: str, tz: str) -> tuple[Limit, ...]:
-    return _key_limits(scope, scope_id, label, tz, limits.rpm, limits.rpd, limits.tokens_per_day,
-                       limits.tokens_per_month)
+    budget = getattr(limits, "budget", None)
+    return _key_limits(scope, scope_id, label, tz, f"usd_{getattr(limits, 'budget_period', 'total')}", limits.rpm,
+                       limits.rpd, limits.tokens_per_day, limits.tokens_per_month, budget)
 
 
 @functools.lru_cache(maxsize=4096)
-def _key_limits(scope: str, scope_id: str, label: str, tz: str, *values: int | None) -> tuple[Limit, ...]:
+def _key_limits(scope: str, scope_id: str, label: str, tz: str, budget_name: str, *values: int | None
+                ) -> tuple[Limit, ...]:
     # Asked for on every request of a key; a key's limits change only when an operator edits them.
-    names = ("rpm", "rpd", "tpd", "tokens_per_month")
+    names = ("rpm", "rpd", "tpd", "tokens_per_month", budget_name)
     return tuple(Limit(scope, scope_id, label, name, value, tz)
                  for name, value in zip(names, values, strict=True) if value is not None)

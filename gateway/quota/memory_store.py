@@ -35,18 +35,18 @@ class MemoryStore:
             return None
         return entry[0]
 
-    async def acquire(self, plan: Plan, tokens: int, now_ms: int) -> Outcome:
+    async def acquire(self, plan: Plan, tokens: int, now_ms: int, usd: int = 0) -> Outcome:
         with self.lock:
-            return self._acquire(plan, tokens, now_ms)
+            return self._acquire(plan, tokens, now_ms, usd)
 
-    def _acquire(self, plan: Plan, tokens: int, now_ms: int) -> Outcome:
+    def _acquire(self, plan: Plan, tokens: int, now_ms: int, usd: int) -> Outcome:
         cool = plan.cooldown
         if cool and self.parked.get(cool, 0) > now_ms:
             return Outcome(False, retry_after=(self.parked[cool] - now_ms) / 1000, cooling=True)
         best = [0, 0, 0, 0, 0, 0]  # as the Lua script's: per unit, the check with the least room
         room = [0, 0, 0, 0, 0, 0]
         for i, c in enumerate(plan.checks):
-            cost = c.cost(tokens)
+            cost = c.cost(tokens, usd)
             if c.limit.sliding:
                 buckets = self._buckets(c.key, now_ms, c.window_ms)
                 u, reset = window_usage(buckets, now_ms, c.window_ms)
@@ -60,6 +60,8 @@ class MemoryStore:
                 u, reset = value, c.window_ms - now_ms
                 if u + cost > c.limit.value:
                     return Outcome(False, check=c, used=u, retry_after=(c.window_ms - now_ms) / 1000)
+            if c.limit.unit == "usd":
+                continue  # budgets have no x-ratelimit-* header
             at = 0 if c.limit.unit == "requests" else 3
             if best[at] == 0 or c.limit.value - u < room[at]:
                 best[at : at + 3], room[at] = [i + 1, u, reset], c.limit.value - u
@@ -67,10 +69,10 @@ class MemoryStore:
         for c in plan.checks:
             if c.limit.sliding:
                 buckets = self.sliding[c.key]
-                buckets[bucket] = buckets.get(bucket, 0) + c.cost(tokens)
+                buckets[bucket] = buckets.get(bucket, 0) + c.cost(tokens, usd)
             else:
                 value, expires = self.fixed[c.key]
-                self.fixed[c.key] = (value + c.cost(tokens), expires)
+                self.fixed[c.key] = (value + c.cost(tokens, usd), expires)
         return Outcome(True, tightest=tuple(best), at_ms=now_ms)
 
     async def seed(self, key: str, value: int, expire_at_ms: int) -> None:

@@ -46,6 +46,7 @@ class Waiting(NamedTuple):
     at_ms: int
     lease: int  # requests to reserve beside this one (0: none)
     future: asyncio.Future[Outcome]
+    usd: int = 0  # its estimated cost in micro-dollars, for the plan's budgets
 
 
 class _LoopState:
@@ -92,7 +93,7 @@ class RedisStore:
                                               socket_timeout=self.timeout)
         return self._sync
 
-    async def acquire(self, plan: Plan, tokens: int, now_ms: int) -> Outcome:
+    async def acquire(self, plan: Plan, tokens: int, now_ms: int, usd: int = 0) -> Outcome:
         state = self._state()
         lease = state.leases.live.get(plan)
         if lease is not None:
@@ -105,8 +106,10 @@ class RedisStore:
         if not state.waiting and state.sending is None:
             # At the end of this turn of the loop, so the requests handled in it go together.
             loop.call_soon(self._send_batch, state)
-        want = state.leases.demand_of(plan).wanted(now_ms) if settings.QUOTA_LEASE_SECONDS else 0
-        state.waiting.append(Waiting(plan, tokens, now_ms, want, future))
+        # No lease on a plan with a budget: each request's cost differs, so each is checked in Redis (its cost
+        # is known only to the worker that asks, and a lease would let two workers overspend together).
+        want = state.leases.demand_of(plan).wanted(now_ms) if settings.QUOTA_LEASE_SECONDS and not plan.usd else 0
+        state.waiting.append(Waiting(plan, tokens, now_ms, want, future, usd))
         return await future
 
     def _end_lease(self, state: _LoopState, lease: Lease, now_ms: int | None = None) -> None:
@@ -129,7 +132,7 @@ class RedisStore:
         specs: list[str] = []
         requests: list[str] = []
         now_ms = 0  # the batch is counted at one time: the latest asked for
-        for i, (plan, tokens, at_ms, want, _) in enumerate(batch):
+        for i, (plan, tokens, at_ms, want, _, usd) in enumerate(batch):
             number = numbers.get(id(plan))
             if number is None:
                 number = numbers[id(plan)] = len(specs) + 1
@@ -138,7 +141,7 @@ class RedisStore:
             elif want:  # one lease per plan and call
                 batch[i] = batch[i]._replace(lease=0)
                 want = 0
-            requests.append(f"{number},{tokens},{want},{want * tokens}")
+            requests.append(f"{number},{tokens},{want},{want * tokens},{usd}")
             now_ms = max(now_ms, at_ms)
         state.sending = asyncio.get_running_loop().create_task(
             self._call(state, batch, keys, [now_ms, len(specs), *specs, *requests], now_ms))

@@ -13,7 +13,7 @@ from typing import Any
 from gateway import clock
 from gateway.quota.admission import store
 from gateway.quota.ledger import ledger
-from gateway.quota.limits import Limit, Plan, key_limits
+from gateway.quota.limits import USD, Limit, Plan, key_limits
 
 
 def usage_of(limits: Sequence[Limit]) -> list[dict[str, Any]]:
@@ -37,7 +37,7 @@ def usage_of(limits: Sequence[Limit]) -> list[dict[str, Any]]:
                 "resets_at": dt.datetime.fromtimestamp(now + max(reset_ms, 0) / 1000, dt.UTC).isoformat(
                     timespec="seconds"
                 )
-                if reset_ms
+                if reset_ms and c.limit.period != "total"  # a total budget never resets
                 else None,
                 "reset_timezone": c.limit.tz if c.day is not None else None,
             }
@@ -49,6 +49,13 @@ def summary(limits: Sequence[Limit]) -> str:
     """"3/10 RPM · 41/50 RPD (resets 07:00 UTC)": used against each limit, from the live counters (admin lists)."""
     parts = []
     for state in usage_of(limits):
+        if state["unit"] == "usd":
+            every = "in total" if state["period"] == "total" else f"/{state['period']}"
+            text = f"${state['used'] / USD:,.2f}/${state['limit'] / USD:,.2f} {every}"
+            if state["resets_at"]:
+                text += f" (resets {state['resets_at'][5:16].replace('T', ' ')} UTC)"
+            parts.append(text)
+            continue
         text = f"{state['used']}/{state['limit']} {state['limit_name'].upper().replace('TOKENS_PER_MONTH', 'TPMo')}"
         if state["period"] != "minute" and state["resets_at"]:
             text += f" (resets {state['resets_at'][5:16].replace('T', ' ')} UTC)"
