@@ -1,4 +1,5 @@
-"""The passthrough's whole-answer calls (the shared aiohttp session) against a raw HTTP server on 127.0.0.1.
+"""The passthrough's whole-answer calls (the lean client on a direct connection; aiohttp through a proxy is
+tests/test_egress_proxy.py's) against a raw HTTP server on 127.0.0.1.
 
 What the HTTP exchange must do whatever client library carries it: keep connections alive, survive a kept-alive
 connection the server closed, read answers however they are delimited, stop at the size cap, refuse a header that
@@ -15,8 +16,8 @@ import pytest
 
 from gateway.catalog import Route
 from gateway.upstreams import UpstreamError, client, passthrough
+from tests.raw_http import Handler, ok, read_request
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 HELLO = {"messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -26,15 +27,6 @@ def route(base: str, **params: Any) -> Route:
                  model_info={}, rpm=None, tpm=None, rpd=None, priority=0)
 
 
-async def read_request(reader: asyncio.StreamReader) -> bytes:
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"content-length:")), 0)
-    return head + await reader.readexactly(length)
-
-
-def ok(body: bytes) -> bytes:
-    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
 
 
 def with_server(handler: Handler, test: Callable[[Route], Awaitable[object]]) -> object:
