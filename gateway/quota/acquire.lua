@@ -1,8 +1,8 @@
 -- A batch of requests, answered in order as if each ran alone at `now`.
 -- KEYS: the keys of every plan in the batch. ARGV[1]: now_ms; ARGV[2]: the number of plans P; then P plans,
 -- "base|cooldown;kind,unit,limit,window,key;..." (kind "s" sliding / "f" fixed; unit "r" requests / "t"
--- tokens / "u" micro-dollars of a budget; window: the window's length (sliding) or its reset time in ms (fixed); cooldown and key: indexes
--- into KEYS after `base`, cooldown 0 for none); then one "plan,tokens,lease_requests,lease_tokens,usd" per
+-- tokens / "u" micro-dollars of a budget; window: the window's length (sliding) or its reset time in ms
+-- (fixed); cooldown and key: indexes into KEYS after `base`, cooldown 0 for none); then one "plan,tokens,lease_requests,lease_tokens,usd" per
 -- request (usd: its estimated cost in micro-dollars; never leased).
 -- Returns nine integers per request: 1 and the tightest requests and tokens limits (index, used, reset_ms
 -- each; index 0 for none), then the requests and tokens of the lease granted (0,0: none) when admitted;
@@ -78,6 +78,11 @@ local function retry_in(key, win, cost, limit)
   end
   return win.w
 end
+-- What one check counts: `r` for a requests limit, `t` for a tokens limit, `u` for a budget.
+local function cost_of(unit, r, t, u)
+  if unit == 't' then return t elseif unit == 'u' then return u end
+  return r
+end
 -- Count `r` against each requests limit of a plan, `t` against each tokens limit and `u` against each budget:
 -- in this second's bucket of per-minute windows (a request), or in the next second's (a lease).
 local function count(plan, r, t, u, ahead)
@@ -85,9 +90,7 @@ local function count(plan, r, t, u, ahead)
   local bucket = ahead and second + 1 or second
   for i = 1, plan[3] do
     local check = checks[i]
-    local unit, k = check[2], check[5]
-    local cost = r
-    if unit == 't' then cost = t elseif unit == 'u' then cost = u end
+    local k, cost = check[5], cost_of(check[2], r, t, u)
     if check[1] then
       local win = windows[k]
       win.total = win.total + cost
@@ -116,8 +119,7 @@ local function answer(plan, tokens, usd)
   for i = 1, n do
     local check = checks[i]
     local sliding, unit, limit, w, k = check[1], check[2], check[3], check[4], check[5]
-    local cost = 1
-    if unit == 't' then cost = tokens elseif unit == 'u' then cost = usd end
+    local cost = cost_of(unit, 1, tokens, usd)
     local used, reset
     if sliding then
       local win = windows[k]
@@ -157,8 +159,7 @@ local function lease(plan, want_r, want_t)
   for i = 1, n do
     local check = checks[i]
     local k, limit = check[5], check[3]
-    local cost = want_r
-    if check[2] == 't' then cost = want_t elseif check[2] == 'u' then cost = 0 end
+    local cost = cost_of(check[2], want_r, want_t, 0)  -- budgets are never leased
     if cost > 0 then
       local used = check[1] and windows[k].total or counters[k].value
       local s = (limit - used) / 16 / cost
