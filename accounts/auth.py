@@ -18,10 +18,11 @@ from accounts.throttle import key_failures
 
 def token_from(request: HttpRequest) -> str:
     """The key from `Authorization: Bearer <key>` or `x-api-key: <key>` ("" if none)."""
-    header = request.headers.get("Authorization", "")
+    # META, not request.headers: that one parses every header of the request into a new mapping first.
+    header = request.META.get("HTTP_AUTHORIZATION", "")
     if header[:7].lower() == "bearer ":
-        return header[7:].strip()
-    return request.headers.get("x-api-key", "").strip()
+        return str(header[7:]).strip()
+    return str(request.META.get("HTTP_X_API_KEY", "")).strip()
 
 
 def too_many_failures(retry_after: int) -> AuthRefused:

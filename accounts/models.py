@@ -7,6 +7,7 @@ stored only as an HMAC-SHA256 under a server-side pepper, so a database dump doe
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import hmac
 import logging
@@ -43,9 +44,15 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 def pepper() -> bytes:
     """The HMAC key: API_KEY_PEPPER if set, else derived from SECRET_KEY (never the SECRET_KEY itself)."""
-    if settings.API_KEY_PEPPER:
-        return settings.API_KEY_PEPPER.encode()
-    return hashlib.sha256(b"llm-portal api-key pepper:" + settings.SECRET_KEY.encode()).digest()
+    return _pepper(settings.API_KEY_PEPPER, settings.SECRET_KEY)
+
+
+@functools.lru_cache(maxsize=4)
+def _pepper(api_key_pepper: str, secret_key: str) -> bytes:
+    # Asked on every request with a user key; derived once per setting (tests change them).
+    if api_key_pepper:
+        return api_key_pepper.encode()
+    return hashlib.sha256(b"llm-portal api-key pepper:" + secret_key.encode()).digest()
 
 
 def digest(token: str) -> str:

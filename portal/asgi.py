@@ -40,6 +40,8 @@ from gateway.errors import GatewayError  # noqa: E402
 from portal.lean import CappedReceive, declared_length, gateway_prefixes, new_request_id, refuse_too_large  # noqa: E402
 from tracking import recorder  # noqa: E402
 
+GATEWAY_URLCONF = "portal.gateway_urls"
+
 
 class GatewayHandler(ASGIHandler):
     """Django's ASGI handler, trimmed for the gateway paths.
@@ -68,6 +70,7 @@ class GatewayHandler(ASGIHandler):
             await self.send_response(GatewayError(400, "The request's path is not valid UTF-8.",
                                                   code="bad_request").response(), send)
             return
+        request.urlconf = GATEWAY_URLCONF  # the gateway's routes only, not the whole site's
         await self._serve(request, receive, send)
 
     async def read_body(self, receive: Any) -> io.BytesIO:  # type: ignore[override]
@@ -92,6 +95,15 @@ class GatewayHandler(ASGIHandler):
             # A stream's own way of writing an error (Anthropic's, the Responses API's), for a shutdown's last word.
             send.translation = getattr(response, "translation", None)
         extra = getattr(response, "rate_headers", None)
+        if not response.streaming and not response.cookies:
+            # A whole answer (nearly every one): its head and body as they are, without Django's per-header
+            # type checks and its 64 KB body chunks (uvicorn writes a body whole either way).
+            headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.items()]
+            if extra:
+                headers.extend(extra)
+            await send({"type": "http.response.start", "status": response.status_code, "headers": headers})
+            await send({"type": "http.response.body", "body": response.content})
+            return
         if not extra:
             await super().send_response(response, send)
             return

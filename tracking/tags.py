@@ -47,10 +47,11 @@ def parse_header(value: str) -> dict[str, str]:
     return clean({name: v for name, sep, v in pairs if sep})
 
 
-def from_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """Tags sent as headers; cheap, as it runs on the request path."""
-    tags = parse_header(headers.get("x-portal-tags", ""))
-    if experiment := headers.get("x-mlflow-experiment", "").strip():
+def from_headers(meta: Mapping[str, Any]) -> dict[str, str]:
+    """Tags sent as headers, read from a request's META (the WSGI-style names: HTTP_X_PORTAL_TAGS); cheap, as it
+    runs on the request path."""
+    tags = parse_header(str(meta.get("HTTP_X_PORTAL_TAGS", "")))
+    if experiment := str(meta.get("HTTP_X_MLFLOW_EXPERIMENT", "")).strip():
         tags[EXPERIMENT_TAG] = experiment[:MAX_VALUE]
     return tags
 

@@ -75,7 +75,7 @@ def gateway_view(
                 principal = None if public else await authenticate(request)
                 if call is not None:
                     call.principal = principal
-                    call.tags = usage_tags.from_headers(request.headers)
+                    call.tags = usage_tags.from_headers(request.META)
                 response = await view(request, principal, *args, **kwargs)
             except (GatewayError, AuthRefused) as e:
                 error = e if isinstance(e, GatewayError) else refused(e)

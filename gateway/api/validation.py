@@ -17,7 +17,7 @@ from gateway.upstreams.media import Image, iter_images, parse_image
 
 def json_body(request: HttpRequest) -> dict[str, Any]:
     """The request body as a JSON object, or a 400/413 envelope."""
-    length = request.headers.get("Content-Length")
+    length = request.META.get("CONTENT_LENGTH")
     if length and length.isdigit() and int(length) > settings.MAX_REQUEST_BODY_BYTES:
         raise too_large()
     try:

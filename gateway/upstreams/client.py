@@ -104,12 +104,24 @@ def proxy_for(url: yarl.URL, provider_proxy: str = "") -> str | None:
     """The proxy a request to `url` goes through, or None for a direct connection."""
     if provider_proxy:
         return provider_proxy
-    return _from_environment(tuple(os.environ.get(name, "") for name in PROXY_VARIABLES), url.scheme,
+    return _from_environment(_proxy_values(), url.scheme,
                              url.raw_host or "", url.explicit_port)
 
 
+# os.environ's own mapping, which its setters keep in step (bytes on POSIX): eight os.environ.get calls cost a
+# few dozen Python calls on every upstream call, eight gets on this dict almost nothing.
+_RAW_ENVIRON = getattr(os.environ, "_data", None)
+_RAW_PROXY_NAMES = tuple(os.fsencode(name) for name in PROXY_VARIABLES) if isinstance(_RAW_ENVIRON, dict) else ()
+
+
+def _proxy_values() -> tuple[object, ...]:
+    if _RAW_PROXY_NAMES:
+        return tuple(_RAW_ENVIRON.get(name) for name in _RAW_PROXY_NAMES)  # type: ignore[union-attr]
+    return tuple(os.environ.get(name) for name in PROXY_VARIABLES)
+
+
 @functools.lru_cache(maxsize=256)
-def _from_environment(values: tuple[str, ...], scheme: str, host: str, port: int | None) -> str | None:
+def _from_environment(values: tuple[object, ...], scheme: str, host: str, port: int | None) -> str | None:
     if not any(values):
         return None
     proxies = urllib.request.getproxies_environment()
