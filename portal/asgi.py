@@ -32,6 +32,8 @@ from django.conf import settings  # noqa: E402
 from django.core.exceptions import RequestAborted  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
+from django.urls import get_resolver  # noqa: E402
+from django.utils.log import log_response  # noqa: E402
 
 from gateway import health, quota  # noqa: E402
 from gateway import upstreams as upstream  # noqa: E402
@@ -47,18 +49,33 @@ class GatewayHandler(ASGIHandler):
     """Django's ASGI handler, trimmed for the gateway paths.
 
     No middleware (the admin's is sync and would hop to a thread per request), and none of the per-request
-    thread work Django's handler does: a fresh thread-sensitive executor (a new thread per request), and the
-    request_started/request_finished signals whose receivers are sync. Gateway views do their rare database
-    work through gateway.db, which manages its own connections. Everything else — request parsing, URL
-    resolution, views, and cancelling the view when the client disconnects — is Django's own code.
+    thread work Django's handler does: a fresh thread-sensitive executor (a new thread per request), the
+    request_started/request_finished signals whose receivers are sync, and the django.request log line of
+    every 4xx written from a thread (a burst of 429s would queue a thread hop each; every call has its usage
+    record, and 5xx answers are logged here, without the hop). Paths resolve against the gateway's routes alone
+    (portal/gateway_urls.py), not the whole site's. Gateway views do their rare database work through
+    gateway.db, which manages its own connections. Request parsing, views, error pages and cancelling the view
+    when the client disconnects are Django's own code.
     """
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware: list[Any] = []
         self._template_response_middleware: list[Any] = []
         self._exception_middleware: list[Any] = []
-        handler = self._get_response_async if is_async else self._get_response  # type: ignore[attr-defined]
-        self._middleware_chain = convert_exception_to_response(handler)
+        # An unknown path (Resolver404) becomes the site's 404 handler's answer, as in Django's own chain.
+        self._middleware_chain = convert_exception_to_response(self._call_view)
+        self._resolver = get_resolver(GATEWAY_URLCONF)
+
+    async def get_response_async(self, request: Any) -> Any:
+        response = await self._middleware_chain(request)
+        if response.status_code >= 500:
+            log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request)
+        return response
+
+    async def _call_view(self, request: Any) -> Any:
+        match = self._resolver.resolve(request.path_info)
+        request.resolver_match = match
+        return await match.func(request, *match.args, **match.kwargs)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         try:
@@ -70,7 +87,6 @@ class GatewayHandler(ASGIHandler):
             await self.send_response(GatewayError(400, "The request's path is not valid UTF-8.",
                                                   code="bad_request").response(), send)
             return
-        request.urlconf = GATEWAY_URLCONF  # the gateway's routes only, not the whole site's
         await self._serve(request, receive, send)
 
     async def read_body(self, receive: Any) -> io.BytesIO:  # type: ignore[override]
