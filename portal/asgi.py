@@ -17,8 +17,8 @@ import contextlib
 import io
 import os
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 
@@ -63,11 +63,11 @@ class GatewayHandler(ASGIHandler):
         self._template_response_middleware: list[Any] = []
         self._exception_middleware: list[Any] = []
         # An unknown path (Resolver404) becomes the site's 404 handler's answer, as in Django's own chain.
-        self._middleware_chain = convert_exception_to_response(self._call_view)
+        self._view_chain = cast(Callable[[Any], Awaitable[Any]], convert_exception_to_response(self._call_view))
         self._resolver = get_resolver(GATEWAY_URLCONF)
 
     async def get_response_async(self, request: Any) -> Any:
-        response = await self._middleware_chain(request)
+        response = await self._view_chain(request)
         if response.status_code >= 500:
             log_response("%s: %s", response.reason_phrase, request.path, response=response, request=request)
         return response
