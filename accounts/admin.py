@@ -200,8 +200,8 @@ class KeyPolicyInline(admin.StackedInline):
             return "—"
         every = "in total" if budget["period"] == "total" else f"per {budget['period']}"
         resets = f" (resets {budget['resets_at']:%Y-%m-%d %H:%M} UTC)" if budget["resets_at"] else ""
-        return (f"{usd(budget['spend'])} spent, {usd(budget['remaining'])} left of {usd(budget['limit'])} "
-                f"{every}{resets}")
+        spent, left, limit = (f"${budget[name]:,.2f}" for name in ("spend", "remaining", "limit"))
+        return f"{spent} spent, {left} left of {limit} {every}{resets}"
 
 
 admin.site.unregister(User)

@@ -174,7 +174,7 @@ class CreateApiKeySerializer(serializers.Serializer):
     max_budget = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=Decimal(0), required=False,
                                           allow_null=True, default=None, help_text="USD (LiteLLM's max_budget).")
     budget_duration = serializers.CharField(
-        required=False, allow_null=True, default=None,
+        required=False, allow_null=True, allow_blank=True, default=None,
         help_text="When the budget starts over: 1d/24h (daily), 30d/1mo (monthly); null or absent: never.")
     model_limits = ModelLimitSerializer(many=True, required=False, default=list)
     tags = serializers.DictField(child=serializers.CharField(max_length=200), required=False, default=dict)
@@ -327,7 +327,7 @@ class UserBudgetSerializer(serializers.Serializer):
     max_budget = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=Decimal(0), required=False,
                                           allow_null=True, help_text="USD; null removes the user's budget.")
     budget_duration = serializers.CharField(
-        required=False, allow_null=True,
+        required=False, allow_null=True, allow_blank=True,
         help_text="When the budget starts over: 1d/24h (daily), 30d/1mo (monthly); null: never.")
 
     def validate_budget_duration(self, value: str | None) -> str:
