@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -373,7 +374,7 @@ class UserUsageViewSet(mixins.ListModelMixin, OperatorViewSet):
         form.save_to(user)
         return Response(self._rows([self.get_queryset().get(pk=user.pk)]).data[0])
 
-    def _rows(self, users: list[Any]) -> Any:
+    def _rows(self, users: Sequence[Any]) -> Any:
         # A few queries for the whole page, rather than has_perm() and a usage query per user.
         self_servers = set(User.objects.with_perm(SELF_SERVE_PERMISSION).values_list("pk", flat=True))  # type: ignore[attr-defined]
         context = {**self.get_serializer_context(), "self_servers": self_servers,
