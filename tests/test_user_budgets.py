@@ -86,6 +86,22 @@ def test_a_keys_own_budget_and_its_users_budget_both_apply_whichever_is_spent_fi
     assert len(upstream.requests) == 4
 
 
+def test_the_users_spend_is_corrected_to_the_real_cost(portal, upstream, personas):
+    priced_deployment(upstream)
+    give_budget(personas.alice, "0.12")
+    _, laptop = issue(personas.alice, "laptop")
+    _, phone = issue(personas.alice, "phone")
+    # Asked for 12 tokens ($0.12, the whole budget) but got 3 ($0.03): what is left pays for more requests, of
+    # any key of the user's, once the correction lands (at once in-process, within QUOTA_SETTLE_SECONDS with
+    # Redis).
+    assert post_chat(portal.url, laptop, max_tokens=12).status_code == 200
+    deadline = time.monotonic() + 5
+    while (response := post_chat(portal.url, phone)).status_code == 429:
+        assert time.monotonic() < deadline, response.json()
+        time.sleep(0.05)
+    assert statuses(portal.url, phone, 3) == [200, 200, 429]
+
+
 def test_a_keys_limits_carry_its_own_budget_and_its_users_each_once(personas):
     from accounts.models import ApiKeyModelLimit
     from accounts.principal import MASTER
