@@ -184,12 +184,24 @@ class KeyPolicyInline(admin.StackedInline):
     can_delete = True
     extra = 0
     max_num = 1
-    verbose_name = verbose_name_plural = "API key policy (self-service)"
+    verbose_name = verbose_name_plural = "API key policy and budget"
+    readonly_fields = ["budget_left"]
     fieldsets = [
         (None, {"fields": ["max_keys", "allowed_models"]}),
-        ("Limits given to keys this user creates", {"fields": ["rpm", "rpd", "tokens_per_day", "tokens_per_month",
-                                                               "max_budget", "budget_duration"]}),
+        ("Limits given to keys this user creates", {"fields": ["rpm", "rpd", "tokens_per_day", "tokens_per_month"]}),
+        ("The user's budget, shared by all their keys", {"fields": ["max_budget", "budget_duration", "budget_left"]}),
     ]
+
+    @admin.display(description="spent / left")
+    def budget_left(self, obj: KeyPolicy) -> str:
+        """The user's budget against the live counter all their keys count on."""
+        budget = services.gateway.user_budget(obj.user_id, obj.user_budget()) if obj.pk else None
+        if budget is None:
+            return "—"
+        every = "in total" if budget["period"] == "total" else f"per {budget['period']}"
+        resets = f" (resets {budget['resets_at']:%Y-%m-%d %H:%M} UTC)" if budget["resets_at"] else ""
+        spent, left, limit = (f"${budget[name]:,.2f}" for name in ("spend", "remaining", "limit"))
+        return f"{spent} spent, {left} left of {limit} {every}{resets}"
 
 
 admin.site.unregister(User)

@@ -1,8 +1,9 @@
-"""The operators' management REST API: users' keys and usage. Master key (Bearer) or a staff session."""
+"""The operators' management REST API: users' keys, usage and budgets. Master key (Bearer) or a staff session."""
 
 from __future__ import annotations
 
 import hmac
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -13,7 +14,7 @@ from django.db import transaction
 from django.db.models import Count, Max, Q, QuerySet
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authentication import BaseAuthentication, SessionAuthentication
 from rest_framework.decorators import action
@@ -25,7 +26,7 @@ from rest_framework.response import Response
 
 from accounts import services, usage
 from accounts.auth import token_from
-from accounts.models import SELF_SERVE_PERMISSION, ApiKey, ApiKeyModelLimit, micro_usd
+from accounts.models import SELF_SERVE_PERMISSION, ApiKey, ApiKeyModelLimit, KeyPolicy, micro_usd
 from accounts.principal import KeyLimits
 from accounts.throttle import key_failures
 
@@ -145,6 +146,17 @@ class ApiKeyCreatedSerializer(ApiKeySerializer):
         read_only_fields = fields
 
 
+def budget_period(duration: str | None) -> str:
+    """The period a LiteLLM budget_duration means; a 400 naming the accepted ones for anything else."""
+    if duration is None:
+        return "total"
+    if duration not in BUDGET_DURATIONS:
+        raise serializers.ValidationError(
+            f"Unknown budget_duration '{duration}'. Accepted: {', '.join(BUDGET_DURATIONS)}, or null for a "
+            "budget that never resets.")
+    return BUDGET_DURATIONS[duration]
+
+
 def known_models() -> set[str]:
     return set(services.gateway.all_models())
 
@@ -163,7 +175,7 @@ class CreateApiKeySerializer(serializers.Serializer):
     max_budget = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=Decimal(0), required=False,
                                           allow_null=True, default=None, help_text="USD (LiteLLM's max_budget).")
     budget_duration = serializers.CharField(
-        required=False, allow_null=True, default=None,
+        required=False, allow_null=True, allow_blank=True, default=None,
         help_text="When the budget starts over: 1d/24h (daily), 30d/1mo (monthly); null or absent: never.")
     model_limits = ModelLimitSerializer(many=True, required=False, default=list)
     tags = serializers.DictField(child=serializers.CharField(max_length=200), required=False, default=dict)
@@ -174,13 +186,7 @@ class CreateApiKeySerializer(serializers.Serializer):
         return value
 
     def validate_budget_duration(self, value: str | None) -> str:
-        if value is None:
-            return "total"
-        if value not in BUDGET_DURATIONS:
-            raise serializers.ValidationError(
-                f"Unknown budget_duration '{value}'. Accepted: {', '.join(BUDGET_DURATIONS)}, or null for a "
-                "budget that never resets.")
-        return BUDGET_DURATIONS[value]
+        return budget_period(value)
 
     def validate_allowed_models(self, value: list[str]) -> list[str]:
         unknown = sorted(set(value) - known_models())
@@ -268,12 +274,43 @@ class UserUsageSerializer(serializers.ModelSerializer):
     may_self_serve = serializers.SerializerMethodField()
     requests_today = serializers.SerializerMethodField(help_text="Requests with this user's keys since 00:00 UTC.")
     tokens_today = serializers.SerializerMethodField(help_text="Tokens with this user's keys since 00:00 UTC.")
+    max_budget = serializers.SerializerMethodField(
+        help_text="The user's budget in USD, shared by all their keys (LiteLLM's max_budget); null: none.")
+    budget_duration = serializers.SerializerMethodField(help_text="When the user's budget starts over.")
+    spend = serializers.SerializerMethodField(
+        help_text="USD all the user's keys spent in the budget's current period (null: no budget).")
+    budget_remaining = serializers.SerializerMethodField(help_text="USD left of the user's budget (null: none).")
 
     class Meta:
         model = User
         fields = ["id", "username", "is_active", "is_staff", "may_self_serve", "keys", "active_keys", "last_used",
-                  "requests_today", "tokens_today"]
+                  "requests_today", "tokens_today", "max_budget", "budget_duration", "spend", "budget_remaining"]
         read_only_fields = fields
+
+    def _budget(self, user: Any) -> dict[str, Any] | None:
+        # Read once per user for both fields: each read asks the quota store.
+        held: dict[int, dict[str, Any] | None] = self.__dict__.setdefault("_budgets", {})
+        if user.pk not in held:
+            held[user.pk] = services.gateway.user_budget(user.pk, KeyPolicy.for_user(user).user_budget())
+        return held[user.pk]
+
+    @extend_schema_field(serializers.FloatField(allow_null=True))
+    def get_max_budget(self, user: Any) -> Decimal | None:
+        return KeyPolicy.for_user(user).max_budget
+
+    @extend_schema_field(serializers.ChoiceField(choices=["day", "month", "total"]))
+    def get_budget_duration(self, user: Any) -> str:
+        return KeyPolicy.for_user(user).budget_duration or "total"
+
+    @extend_schema_field(serializers.FloatField(allow_null=True))
+    def get_spend(self, user: Any) -> Decimal | None:
+        budget = self._budget(user)
+        return budget["spend"] if budget else None
+
+    @extend_schema_field(serializers.FloatField(allow_null=True))
+    def get_budget_remaining(self, user: Any) -> Decimal | None:
+        budget = self._budget(user)
+        return budget["remaining"] if budget else None
 
     def get_may_self_serve(self, user: Any) -> bool:
         return user.pk in self.context["self_servers"]
@@ -285,9 +322,30 @@ class UserUsageSerializer(serializers.ModelSerializer):
         return int(self.context["today"].get(user.pk, {}).get("tokens", 0))
 
 
+class UserBudgetSerializer(serializers.Serializer):
+    """A user's budget, shared by all their keys, under LiteLLM's names (its /user/update takes the same)."""
+
+    max_budget = serializers.DecimalField(max_digits=12, decimal_places=2, min_value=Decimal(0), required=False,
+                                          allow_null=True, help_text="USD; null removes the user's budget.")
+    budget_duration = serializers.CharField(
+        required=False, allow_null=True, allow_blank=True,
+        help_text="When the budget starts over: 1d/24h (daily), 30d/1mo (monthly); null: never.")
+
+    def validate_budget_duration(self, value: str | None) -> str:
+        return budget_period(value)
+
+    def save_to(self, user: Any) -> None:
+        """Set the fields sent on the user's policy (made if they have none); the others stay as they are.
+        Saving it makes every worker read each of the user's keys again (accounts.signals)."""
+        policy = KeyPolicy.for_user(user)
+        for name, value in self.validated_data.items():
+            setattr(policy, name, value)
+        policy.save()
+
+
 @extend_schema(tags=["users"])
 class UserUsageViewSet(mixins.ListModelMixin, OperatorViewSet):
-    """Users with their key counts and when a key of theirs was last used."""
+    """Users with their key counts, when a key of theirs was last used, and their budget."""
 
     serializer_class = UserUsageSerializer
 
@@ -296,7 +354,7 @@ class UserUsageViewSet(mixins.ListModelMixin, OperatorViewSet):
         active = Q(api_keys__revoked_at__isnull=True) & (
             Q(api_keys__expires__isnull=True) | Q(api_keys__expires__gt=now)
         )
-        return User.objects.order_by("username").annotate(
+        return User.objects.select_related("key_policy").order_by("username").annotate(
             n_keys=Count("api_keys", distinct=True),
             n_active_keys=Count("api_keys", filter=active, distinct=True),
             last_used=Max("api_keys__last_used"),
@@ -304,9 +362,22 @@ class UserUsageViewSet(mixins.ListModelMixin, OperatorViewSet):
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         page = self.paginate_queryset(self.get_queryset()) or []
+        return self.get_paginated_response(self._rows(page).data)
+
+    @extend_schema(request=UserBudgetSerializer, responses={200: UserUsageSerializer})
+    def partial_update(self, request: Request, pk: str) -> Response:
+        """Set or clear the user's budget (`max_budget`, `budget_duration`), shared by all their keys; fields
+        left out stay as they are. It applies to their keys' next requests."""
+        user = self.get_object()
+        form = UserBudgetSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        form.save_to(user)
+        return Response(self._rows([self.get_queryset().get(pk=user.pk)]).data[0])
+
+    def _rows(self, users: Sequence[Any]) -> Any:
         # A few queries for the whole page, rather than has_perm() and a usage query per user.
         self_servers = set(User.objects.with_perm(SELF_SERVE_PERMISSION).values_list("pk", flat=True))  # type: ignore[attr-defined]
         context = {**self.get_serializer_context(), "self_servers": self_servers,
-                   "today": usage.today_by_user([user.pk for user in page])}
-        return self.get_paginated_response(UserUsageSerializer(page, many=True, context=context).data)
+                   "today": usage.today_by_user([user.pk for user in users])}
+        return UserUsageSerializer(users, many=True, context=context)
 

@@ -6,10 +6,10 @@ Three layers, cheapest first:
    version number;
 3. the database, only when the entry is missing or older than the version.
 
-A change to a key (revoke, edit, owner deactivated) bumps its version in the shared cache and drops the
-memo in this process: in-process it applies to the next request; other workers see it at their next check,
-within API_KEY_REFRESH_SECONDS. The version is bumped again after the transaction commits, so a worker
-that read the row just before the commit cannot keep a stale entry.
+A change to a key (revoke, edit, owner deactivated, the owner's policy and so their budget) bumps its
+version in the shared cache and drops the memo in this process: in-process it applies to the next request;
+other workers see it at their next check, within API_KEY_REFRESH_SECONDS. The version is bumped again after
+the transaction commits, so a worker that read the row just before the commit cannot keep a stale entry.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import DatabaseError, transaction
 
-from accounts.models import ApiKey, digest, parse_prefix
+from accounts.models import ApiKey, KeyPolicy, digest, parse_prefix
 from accounts.principal import Principal
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,9 @@ def _remember(prefix: str, entry: Entry) -> None:
 
 
 def load_entry(prefix: str, version: int) -> Entry:
-    """Read one key with its owner and per-model limits (two queries), as of `version`."""
-    key = ApiKey.objects.select_related("owner").filter(prefix=prefix).first()
+    """Read one key with its owner, the owner's policy (their budget) and the key's per-model limits (two
+    queries), as of `version`."""
+    key = ApiKey.objects.select_related("owner", "owner__key_policy").filter(prefix=prefix).first()
     if key is None:
         return Entry(version)
     if not key.is_active or not key.owner.is_active:
@@ -117,6 +118,7 @@ def load_entry(prefix: str, version: int) -> Entry:
         limits=limits,
         model_limits=model_limits,
         tags={str(k): str(v) for k, v in key.tags.items()},
+        user_budget=KeyPolicy.for_user(key.owner).user_budget(),
     )
     expires_at = key.expires.timestamp() if key.expires is not None else None
     return Entry(version, key.secret_hash, expires_at, principal)

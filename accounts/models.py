@@ -125,9 +125,23 @@ class KeyLimitReached(ValidationError):
 
 
 class KeyPolicy(LimitFields):
-    """What an operator allows one user on the self-service page."""
+    """What an operator allows one user: on the self-service page (how many keys, which models, the rate and
+    token limits each new key gets), and the user's own USD budget, which all of their keys spend together."""
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="key_policy")
+    # The user's budget, not a template for new keys: every key of the user (however it was made) counts
+    # against it, beside the key's own budget if the key has one.
+    max_budget = models.DecimalField(
+        max_digits=12, decimal_places=2, null=True, blank=True, validators=[MinValueValidator(0)],
+        verbose_name="budget (USD)",
+        help_text="The user's budget, shared by all their keys: the most they may spend together, at the "
+                  "deployments' prices. Blank: no budget of the user's (each key's own budget still applies).",
+    )
+    budget_duration = models.CharField(
+        max_length=5, choices=BUDGET_DURATIONS, default="total", blank=True,
+        help_text="When the user's budget starts over: each day, each month (midnight KEY_QUOTA_TIMEZONE), or "
+                  "never (blank: never).",
+    )
     max_keys = models.PositiveIntegerField(
         null=True, blank=True, help_text="Most unrevoked, unexpired keys this user may hold. Blank: MAX_KEYS_PER_USER."
     )
@@ -148,6 +162,17 @@ class KeyPolicy(LimitFields):
             return user.key_policy  # type: ignore[no-any-return]
         except cls.DoesNotExist:
             return cls(user=user)
+
+    def new_key_limits(self) -> KeyLimits:
+        """The limits a key this user creates gets: the policy's rate and token limits, never its budget (that
+        is the user's, shared, not copied into each key)."""
+        return dataclasses.replace(self.key_limits(), budget=None, budget_period="total")
+
+    def user_budget(self) -> KeyLimits | None:
+        """The user's budget, as a limit every one of their keys also counts against; None without one."""
+        if self.max_budget is None:
+            return None
+        return KeyLimits(budget=micro_usd(self.max_budget), budget_period=self.budget_duration or "total")
 
     @property
     def key_cap(self) -> int:

@@ -40,6 +40,9 @@ class Principal:
     # Per public model name, overriding `limits` for that model.
     model_limits: dict[str, KeyLimits] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    # The owner's USD budget (budget and budget_period only), which every key of theirs spends together; None
+    # without one.
+    user_budget: KeyLimits | None = None
 
     def limits_for(self, public_name: str) -> KeyLimits:
         return self.model_limits.get(public_name, self.limits)

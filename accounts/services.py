@@ -30,6 +30,10 @@ def _no_budget(key_id: int, limits: KeyLimits) -> dict[str, Any] | None:
     return None
 
 
+def _no_user_budget(user_id: int, budget: KeyLimits | None) -> dict[str, Any] | None:
+    return None
+
+
 @dataclass
 class Gateway:
     # Every enabled public model name, sorted (the key forms' choices).
@@ -43,6 +47,9 @@ class Gateway:
     # A key's budget now: {"limit", "spend", "remaining" (Decimal USD), "period", "resets_at" (a datetime or
     # None)}; None without a budget.
     key_budget: Callable[[int, KeyLimits], dict[str, Any] | None] = _no_budget
+    # A user's budget now, shared by all their keys (KeyPolicy.user_budget()): the same shape as key_budget's;
+    # None without a budget.
+    user_budget: Callable[[int, KeyLimits | None], dict[str, Any] | None] = _no_user_budget
 
 
 gateway = Gateway()

@@ -15,7 +15,7 @@ from django.db.models.signals import post_delete, post_migrate, post_save
 from django.dispatch import receiver
 from django.http import HttpRequest
 
-from accounts.models import ApiKey, ApiKeyModelLimit, self_serve_group
+from accounts.models import ApiKey, ApiKeyModelLimit, KeyPolicy, self_serve_group
 
 log = logging.getLogger("accounts.auth")
 
@@ -37,14 +37,25 @@ def model_limit_changed(sender: Any, instance: ApiKeyModelLimit, **kwargs: Any) 
         keys.invalidate(prefix)
 
 
+@receiver(post_save, sender=KeyPolicy, dispatch_uid="accounts.key_policy_saved")
+@receiver(post_delete, sender=KeyPolicy, dispatch_uid="accounts.key_policy_deleted")
+def key_policy_changed(sender: Any, instance: KeyPolicy, **kwargs: Any) -> None:
+    """The policy holds the user's budget, which every key of theirs carries: each must be read again."""
+    _invalidate_keys_of(instance.user_id)
+
+
 @receiver(post_save, sender=get_user_model(), dispatch_uid="accounts.user_saved")
 def user_changed(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:
     """A deactivated user's keys stop working; a login (which saves last_login) changes nothing."""
     if update_fields is not None and set(update_fields) <= {"last_login"}:
         return
+    _invalidate_keys_of(instance.pk)
+
+
+def _invalidate_keys_of(user_id: int) -> None:
     from accounts import keys
 
-    for prefix in ApiKey.objects.filter(owner_id=instance.pk).values_list("prefix", flat=True):
+    for prefix in ApiKey.objects.filter(owner_id=user_id).values_list("prefix", flat=True):
         keys.invalidate(prefix)
 
 

@@ -40,6 +40,8 @@ def key_list(request: HttpRequest) -> HttpResponse:
         "active_count": active,
         "cap": policy.key_cap,
         "spend": usage.user_spend(request.user.pk or 0),  # self_service: always a logged-in user
+        # What is left of the user's own budget, shared by all their keys (read from the live counters).
+        "budget": services.gateway.user_budget(request.user.pk or 0, policy.user_budget()),
     }
     return render(request, "accounts/key_list.html", context)
 
@@ -54,7 +56,7 @@ def key_create(request: HttpRequest) -> HttpResponse:
                 form.cleaned_data["name"],
                 expires=form.expires(),
                 allowed_models=form.allowed_models(),
-                limits=form.policy.key_limits(),
+                limits=form.policy.new_key_limits(),
                 actor=request.user,
                 enforce_cap=True,
             )

@@ -171,7 +171,7 @@ async def _admit_one(
         result = await quota.try_admit(route.limits, route.id, tokens, plimits, usd)
         if isinstance(result, Admission):
             return route, result
-        own = result.check is not None and result.check.limit.scope in ("key", "key-model")
+        own = result.check is not None and result.check.limit.scope in quota.CALLER_SCOPES
         if result.beyond_reach:
             if own:
                 return result  # larger than the caller's own limit: no deployment can help

@@ -36,7 +36,18 @@ def key_summary(key_id: int, limits: KeyLimits) -> str:
 def key_budget(key_id: int, limits: KeyLimits) -> dict[str, Any] | None:
     if limits.budget is None:
         return None
-    state = next(s for s in quota.usage_of(quota.key_wide_limits(key_id, limits)) if s["unit"] == "usd")
+    return _budget_state(quota.key_wide_limits(key_id, limits))
+
+
+def user_budget(user_id: int, budget: KeyLimits | None) -> dict[str, Any] | None:
+    """What is left of a user's budget, shared by all their keys (None without one)."""
+    if budget is None or budget.budget is None:
+        return None
+    return _budget_state(quota.user_limits(user_id, budget))
+
+
+def _budget_state(limits: tuple[quota.Limit, ...]) -> dict[str, Any]:
+    state = next(s for s in quota.usage_of(limits) if s["unit"] == "usd")
     usd = Decimal(quota.USD)
     return {"limit": state["limit"] / usd, "spend": state["used"] / usd, "remaining": state["remaining"] / usd,
             "period": state["period"],
@@ -95,7 +106,7 @@ def prices() -> dict[int, pricing.DeploymentPrice]:
 def register() -> None:
     accounts_services.gateway = accounts_services.Gateway(
         enabled_models=enabled_models, all_models=all_models, key_status=quota.key_status, key_summary=key_summary,
-        key_budget=key_budget,
+        key_budget=key_budget, user_budget=user_budget,
     )
     tracking_services.gateway = tracking_services.Gateway(deployment_quotas=deployment_quotas, prices=prices)
     # The throttles read the portal's clock, which tests move forward instead of sleeping.

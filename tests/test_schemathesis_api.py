@@ -90,7 +90,7 @@ def each_case(api_schema: Any, check: Callable[[Case], None], examples: int = 20
 
 
 OPERATIONS = {"GET /api/keys/", "POST /api/keys/", "GET /api/keys/{id}/", "POST /api/keys/{id}/revoke/",
-              "GET /api/users/"}
+              "GET /api/users/", "PATCH /api/users/{id}/"}
 
 
 def test_an_operator_never_gets_a_5xx(api_schema, portal, master_key):

@@ -3,7 +3,8 @@
 The rest of the portal uses this package's names (`from gateway import quota; await quota.try_admit(...)`);
 the modules behind them:
 
-- limits.py: `Limit`, fixed and sliding windows, the `Plan` of checks one request makes, a key's limits.
+- limits.py: `Limit`, fixed and sliding windows, the `Plan` of checks one request makes, a key's limits and
+  its owner's budget.
 - admission.py: what the request path calls: `try_admit`, `settle`, `park`, `estimate_tokens`, the
   x-ratelimit-* headers, the 400 for a request larger than a limit, and `store()` (this process's store).
 - store.py: what every store does and answers (`Outcome`, `Correction`).
@@ -29,13 +30,26 @@ from gateway.quota.admission import (
 )
 from gateway.quota.leases import LEASE_FIRST, LEASE_MAX, LEASE_PACE, LEASE_RETRY_MS, Lease
 from gateway.quota.ledger import Ledger, ledger, reset_daily_counters
-from gateway.quota.limits import USD, Check, Limit, Plan, cooldown_key, key_limits, key_wide_limits, plan_for, window
+from gateway.quota.limits import (
+    CALLER_SCOPES,
+    USD,
+    Check,
+    Limit,
+    Plan,
+    cooldown_key,
+    key_limits,
+    key_wide_limits,
+    plan_for,
+    user_limits,
+    window,
+)
 from gateway.quota.memory_store import MemoryStore
 from gateway.quota.redis_store import RedisStore
 from gateway.quota.reporting import key_status, summary, usage_of
 from gateway.quota.store import Correction, Outcome, Store
 
 __all__ = [
+    "CALLER_SCOPES",
     "LEASE_FIRST",
     "LEASE_MAX",
     "LEASE_PACE",
@@ -70,5 +84,6 @@ __all__ = [
     "summary",
     "try_admit",
     "usage_of",
+    "user_limits",
     "window",
 ]

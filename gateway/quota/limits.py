@@ -28,9 +28,9 @@ FIXED_GRACE_MS = 3_600_000
 class Limit:
     """One limit: e.g. 50 requests per day for the deployment gemini/gemini-2.5-pro."""
 
-    scope: str  # deployment | pool | key | key-model
+    scope: str  # deployment | pool | key | key-model | user
     scope_id: str
-    label: str  # for messages: "provider 'gemini'", "pool 'openrouter-free'", "your API key"
+    label: str  # for messages: "provider 'gemini'", "pool 'openrouter-free'", "your API key", "your account"
     name: str  # rpm | tpm | rpd | tpd | tokens_per_month | usd_day | usd_month | usd_total
     value: int
     tz: str = "UTC"
@@ -59,7 +59,8 @@ class Limit:
         return f"{self.value} {self.unit} per {self.period}"
 
 
-_PERIODS = {"rpm": "minute", "tpm": "minute", "rpd": "day", "tpd": "day", "usd_day": "day", "usd_total": "total"}
+_PERIODS = {"rpm": "minute", "tpm": "minute", "rpd": "day", "tpd": "day", "usd_day": "day", "usd_month": "month",
+            "usd_total": "total"}
 # Budgets are counted in integer micro-dollars, so the stores stay integer.
 USD = 1_000_000
 # A "total" budget is one fixed window that never rolls over: it begins here and ends far beyond any key.
@@ -193,12 +194,18 @@ def plan_for(limits: Sequence[Limit], key_limits: Sequence[Limit], deployment_id
 # --- A key's own limits -------------------------------------------------------------------------------------
 
 
-def key_limits(principal: Any, model: str) -> tuple[Limit, ...]:
-    """The calling key's own limits for this model (key-wide and per-model); none for the master key.
-    The same tuple for the same key and model until the key is edited (the quota plans are cached by it).
+# Who a limit belongs to when it is the caller's own (a refusal by one of these: no other deployment helps).
+CALLER_SCOPES = ("key", "key-model", "user")
+USER_LABEL = "your account"
 
-    `principal` is read by its attributes only (is_master, key_id, limits, model_limits), so whichever app
-    owns the type, quotas need not import it."""
+
+def key_limits(principal: Any, model: str) -> tuple[Limit, ...]:
+    """The calling key's own limits for this model (key-wide and per-model), and its owner's budget, which all
+    of the owner's keys spend together; none for the master key. The same tuple for the same key and model
+    until the key or its owner's policy is edited (the quota plans are cached by it).
+
+    `principal` is read by its attributes only (is_master, key_id, user_id, limits, model_limits,
+    user_budget), so whichever app owns the type, quotas need not import it."""
     if principal is None or principal.is_master or principal.key_id is None:
         return ()
     tz = settings.KEY_QUOTA_TIMEZONE
@@ -207,7 +214,18 @@ def key_limits(principal: Any, model: str) -> tuple[Limit, ...]:
         label = f"your API key for model '{model}'"
         out = _joined(out, _limits_of(principal.model_limits[model], "key-model", f"{principal.key_id}:{model}",
                                       label, tz))
+    user_budget = getattr(principal, "user_budget", None)
+    if user_budget is not None and principal.user_id is not None:
+        out = _joined(out, user_limits(principal.user_id, user_budget))
     return out
+
+
+def user_limits(user_id: int, budget: Any) -> tuple[Limit, ...]:
+    """A user's own budget (the `budget` and `budget_period` of `budget`): one limit, counted by every key of
+    theirs under the same counter."""
+    return _key_limits("user", str(user_id), USER_LABEL, settings.KEY_QUOTA_TIMEZONE,
+                       f"usd_{getattr(budget, 'budget_period', 'total')}", None, None, None, None,
+                       getattr(budget, "budget", None))
 
 
 def key_wide_limits(key_id: int, limits: Any) -> tuple[Limit, ...]:
