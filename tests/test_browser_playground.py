@@ -11,6 +11,7 @@ from decimal import Decimal
 import openai
 import pytest
 
+from accounts.models import KeyPolicy
 from tests.browser import SCREENSHOTS, VIEWPORT, chromium, log_in, needs_chromium
 from tests.conftest import make_deployment, make_provider
 from tests.mock_upstream import Behaviour
@@ -113,6 +114,9 @@ def portal_master_key() -> str:
 
 def test_the_spend_views_show_what_keys_and_users_spent(portal, models, personas, browser):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    # Alice's account has a budget all her keys share: the pages show what is left of it too.
+    KeyPolicy.objects.update_or_create(user=personas.alice,
+                                       defaults={"max_budget": Decimal("5"), "budget_duration": "day"})
     key, token = issue(personas.alice, "laptop")
     api = openai.OpenAI(base_url=f"{portal.url}/v1", api_key=token, max_retries=0, timeout=30)
     for _ in range(3):
@@ -135,8 +139,16 @@ def test_the_spend_views_show_what_keys_and_users_spent(portal, models, personas
     page.evaluate("document.getElementById('key-spend').scrollIntoView()")
     page.screenshot(path=str(SCREENSHOTS / "spend-key-admin.png"))
 
+    page.goto(f"{portal.url}/admin/auth/user/{personas.alice.pk}/change/")
+    budget_line = page.get_by_text("left of $5.00 per day")
+    assert budget_line.is_visible()
+    budget_line.scroll_into_view_if_needed()
+    page.screenshot(path=str(SCREENSHOTS / "user-budget-admin.png"))
+    assert page.evaluate("document.documentElement.scrollWidth") <= VIEWPORT["width"]
+
     own = browser.new_context(viewport=VIEWPORT).new_page()
     log_in(own, portal.url, "alice", PASSWORD, console=False)
     assert own.locator("#my-spend .spend-cost").all_inner_texts() == [spent] * 4
     assert own.inner_text(f"#key-{key.pk} .spend").startswith(spent)
+    assert "shared by all your keys: budget left: $" in own.inner_text("body")
     own.screenshot(path=str(SCREENSHOTS / "spend-self-service.png"))
