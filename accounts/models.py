@@ -82,7 +82,8 @@ BUDGET_DURATIONS = [("day", "per day"), ("month", "per month"), ("total", "in to
 
 
 def micro_usd(amount: Decimal) -> int:
-    """The stores count budgets in integer micro-dollars."""
+    """A budget as the stores count it, in integer micro-dollars: exact for the fields' two decimal places (a
+    request's cost, which has more, is rounded up on the gateway's side: gateway.quota.micro_usd)."""
     return int(amount * 1_000_000)
 
 
