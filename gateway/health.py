@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import redis.exceptions
@@ -21,15 +20,6 @@ from gateway.errors import GatewayError
 
 BROKER_TIMEOUT_SECONDS = 2.0
 
-
-@dataclass
-class ServerState:
-    # Set when the server cancels the requests still running at the end of its graceful shutdown
-    # (portal/asgi.py): a stream cancelled then was cut by us, not left by its client.
-    cutting_requests: bool = False
-
-
-server_state = ServerState()
 
 # The database or the cache could not be reached (refused, reset, timed out): not a bug of the portal, so a
 # request that needed them gets a 503 the client may retry, never a 500.

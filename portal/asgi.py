@@ -35,11 +35,12 @@ from django.core.handlers.exception import convert_exception_to_response  # noqa
 from django.urls import get_resolver  # noqa: E402
 from django.utils.log import log_response  # noqa: E402
 
-from gateway import health, quota  # noqa: E402
+from gateway import quota  # noqa: E402
 from gateway import upstreams as upstream  # noqa: E402
+from gateway.api.calls import mark_client_left  # noqa: E402
 from gateway.api.relay import Translation  # noqa: E402
 from gateway.errors import GatewayError  # noqa: E402
-from portal.lean import CappedReceive, declared_length, gateway_prefixes, new_request_id, refuse_too_large  # noqa: E402
+from portal.lean import ON_LOST, CappedReceive, declared_length, gateway_prefixes, new_request_id, refuse_too_large  # noqa: E402
 from tracking import recorder  # noqa: E402
 
 GATEWAY_URLCONF = "portal.gateway_urls"
@@ -87,7 +88,7 @@ class GatewayHandler(ASGIHandler):
             await self.send_response(GatewayError(400, "The request's path is not valid UTF-8.",
                                                   code="bad_request").response(), send)
             return
-        await self._serve(request, receive, send)
+        await self._serve(request, receive, send, scope.get(ON_LOST))
 
     async def read_body(self, receive: Any) -> io.BytesIO:  # type: ignore[override]
         """The body, in memory: it is capped before it gets here (see `application`) and the view reads it whole
@@ -131,27 +132,49 @@ class GatewayHandler(ASGIHandler):
 
         await super().send_response(response, send_with_rate_headers)
 
-    async def _serve(self, request: Any, receive: Any, send: Any) -> None:
+    async def _serve(self, request: Any, receive: Any, send: Any, on_lost: list[Callable[[], None]] | None) -> None:
+        if on_lost is None:
+            await self._serve_listening(request, receive, send)
+            return
+        # The protocol tells us when the client is gone (portal.workers): the request is cancelled then, in its
+        # own task, so the view ends (and with it the upstream call) without a second task awaiting receive().
+        task = asyncio.current_task()
+        assert task is not None
+
+        def client_left() -> None:
+            mark_client_left(request)
+            task.cancel()
+
+        on_lost.append(client_left)
+        try:
+            response = await self.get_response_async(request)
+            await self.send_response(response, send)
+        except asyncio.CancelledError:
+            if not getattr(request, "client_left", False):
+                raise  # the server's cut (the end of a restart's graceful time): see _serve_gateway
+            task.uncancel()  # the client left: the request is over, and nobody is there to answer
+        finally:
+            on_lost.clear()
+
+    async def _serve_listening(self, request: Any, receive: Any, send: Any) -> None:
+        """As Django does, under a server that does not say when a client leaves: whichever ends first — the
+        response, or a task awaiting the client's disconnect — ends the other."""
         async def process_request() -> None:
-            response = await self.run_get_response(request)
+            response = await self.get_response_async(request)
             try:
                 await self.send_response(response, send)
             except asyncio.CancelledError:
                 pass  # the client disconnected while we were sending
 
-        # As Django does: whichever ends first — the response, or the client going away — ends the other,
-        # so a disconnect cancels the view (and with it the upstream call).
         listener = asyncio.create_task(self.listen_for_disconnect(receive))
         worker = asyncio.create_task(process_request())
         try:
             await asyncio.wait([listener, worker], return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            # The server cancels a request only when its graceful shutdown time is over (portal/workers.py):
-            # the view is cut by us, not by its client, and its usage record must say so.
-            health.server_state.cutting_requests = True
-            raise
+            if listener.done() and not worker.done():
+                mark_client_left(request)
         finally:
-            # Also when cancelled: the view must end (and record its call) before this request is over.
+            # Also when cancelled (the server's cut): the view must end (and record its call) before this request
+            # is over.
             for task in (listener, worker):
                 if not task.done():
                     task.cancel()

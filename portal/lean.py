@@ -47,6 +47,12 @@ def is_gateway(path: str) -> bool:
     return path.startswith(gateway_prefixes())
 
 
+# The scope key of a list the ASGI app may put callbacks in: the connection's protocol (portal.workers) calls them
+# when the connection is lost before the response is complete. With it, a client that leaves cancels its request
+# at once, without a task per request listening for the disconnect; without it (another server), the app listens.
+ON_LOST = "portal.on_lost"
+
+
 def new_request_id() -> bytes:
     return uuid.uuid4().hex.encode()
 

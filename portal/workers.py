@@ -22,6 +22,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as BaseHttpT
 from uvicorn_worker import UvicornWorker as BaseUvicornWorker
 
 from portal import memory
+from portal.lean import ON_LOST
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +74,28 @@ class CoalescingTransport:
 
 
 class HttpToolsProtocol(BaseHttpToolsProtocol):
-    """uvicorn's httptools protocol over a CoalescingTransport."""
+    """uvicorn's httptools protocol over a CoalescingTransport, telling the app at once when its client is gone.
+
+    Each request's scope carries a list under portal.lean.ON_LOST; the app puts a callback in it (portal.asgi
+    cancels the request), called when the connection is lost before the response is complete. uvicorn alone
+    only notes the loss for the app's next `receive()`, which the app would need a task per request to await.
+    """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope[ON_LOST] = []  # type: ignore[literal-required]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        cut = cycle is not None and not cycle.response_complete
+        super().connection_lost(exc)
+        if cut:
+            callbacks: list[Any] = cycle.scope.get(ON_LOST, [])  # type: ignore[union-attr, assignment]
+            for callback in callbacks:
+                callback()
 
 
 class Board:

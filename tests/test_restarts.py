@@ -115,6 +115,8 @@ def test_sigterm_mid_burst_ends_every_stream_properly_and_saves_usage_and_counte
     records = dict(UsageRecord.objects.values_list("request_id", "error_code"))
     assert set(records) == {end.request_id for end in ends}, log
     assert sorted(records.values()).count("") == 8
+    # Cut by the server, not left by their clients: the records say so.
+    assert sorted(records.values()).count("server_shutting_down") == 4, records
     counted = DailyCounter.objects.aggregate(total=Sum("value"))["total"]
     assert counted == len(models)
 

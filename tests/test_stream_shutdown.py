@@ -15,7 +15,6 @@ import orjson
 import pytest
 from django.conf import settings
 
-from gateway import health
 from gateway.upstreams import passthrough
 from tests.conftest import make_deployment, make_provider
 from tests.mock_upstream import Behaviour
@@ -76,8 +75,7 @@ def recorded(sent: list[dict[str, Any]]) -> Any:
 
 
 @pytest.fixture
-def slow_model(upstream, transactional_db, monkeypatch):
-    monkeypatch.setattr(health.server_state, "cutting_requests", False)  # set by the cut; undone after the test
+def slow_model(upstream, transactional_db):
     make_deployment(make_provider(upstream), "slow-model", "mock-slow")
     upstream.set_behaviour("mock-slow", Behaviour(chunks=100, chunk_delay=0.1))
 
@@ -111,3 +109,43 @@ def test_a_chat_stream_cut_by_shutdown_ends_with_an_error_event_and_is_recorded_
     error = orjson.loads(last_event(sent).removeprefix(b"data: "))["error"]
     assert error["code"] == "server_shutting_down"
     assert recorded(sent).error_code == "server_shutting_down"
+
+
+def test_under_a_server_that_does_not_report_lost_connections_a_client_that_leaves_still_ends_its_stream(
+    slow_model, upstream
+):
+    """uvicorn alone (not the portal's worker) only says a client left through `receive()`: the portal listens
+    for it then, and the stream is recorded as left by its client, not cut by a shutdown."""
+    from portal.asgi import application
+
+    async def leave_mid_stream() -> list[dict[str, Any]]:
+        sent: list[dict[str, Any]] = []
+        streaming = asyncio.Event()
+        asked = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal asked
+            if not asked:
+                asked = True
+                return {"type": "http.request", "body": orjson.dumps(
+                    {"model": "slow-model", "messages": HELLO, "stream": True}), "more_body": False}
+            await streaming.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+            if sum(b"delta" in m.get("body", b"") for m in sent) >= 2:
+                streaming.set()
+
+        try:
+            await asyncio.wait_for(application(scope_for("/v1/chat/completions"), receive, send), 20)
+        finally:
+            await passthrough.instance.aclose()
+        return sent
+
+    sent = asyncio.run(leave_mid_stream())
+
+    assert sent[0]["status"] == 200
+    assert b"[DONE]" not in last_event(sent) and b"error" not in last_event(sent)
+    assert upstream.disconnected.wait(timeout=5)
+    assert recorded(sent).error_code == "client_disconnected"

@@ -119,6 +119,22 @@ class Call:
         return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
 
 
+def mark_client_left(request: HttpRequest) -> None:
+    """The client went away: the cancellation that follows is its doing. Any other cancellation of a request is
+    the server's (the end of a restart's graceful time), and its record says so."""
+    request.client_left = True  # type: ignore[attr-defined]
+    if (call := getattr(request, "call", None)) is not None:
+        call.client_disconnected = True
+
+
+def cancelled(request: HttpRequest) -> None:
+    """Record a call its cancellation ended: the client left (499), or the server cut it (503)."""
+    if getattr(request, "client_left", False):
+        finish_unfinished(request, 499, "client_disconnected")
+    else:
+        finish_unfinished(request, 503, "server_shutting_down", "Stopped by the portal's shutdown.")
+
+
 def finish_unfinished(request: HttpRequest, status: int, code: str | None, message: str = "") -> None:
     """Record a call whose view ended without finishing it (so every /v1 request has its record)."""
     call = getattr(request, "call", None)

@@ -28,7 +28,7 @@ from django.http.response import HttpResponseBase
 from accounts.auth import authenticate
 from accounts.principal import AuthRefused, Principal
 from gateway import catalog, health, router
-from gateway.api.calls import Call, finish, finish_unfinished
+from gateway.api.calls import Call, cancelled, finish, finish_unfinished
 from gateway.api.relay import Translation, relay, sse_response
 from gateway.api.validation import json_body
 from gateway.catalog import Route
@@ -88,7 +88,7 @@ def gateway_view(
                 response = render(error, request_id)
                 finish_unfinished(request, error.status, error.code or "unavailable", error.message)
             except asyncio.CancelledError:
-                finish_unfinished(request, 499, "client_disconnected")
+                cancelled(request)
                 raise
             except Exception:
                 log.error("unhandled error on %s", request.path, exc_info=True)

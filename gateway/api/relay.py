@@ -18,7 +18,6 @@ import orjson
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
-from gateway import health
 from gateway.api.calls import Call, finish
 from gateway.errors import GatewayError
 from gateway.upstreams import UpstreamError, too_large
@@ -123,11 +122,10 @@ async def relay(
         call.error_code, call.error_message = error.code, error.message
         yield translation.error(error)
     except (asyncio.CancelledError, GeneratorExit):
-        if health.server_state.cutting_requests:  # a restart's graceful time ran out, the client was there
-            call.error_code, call.error_message = "server_shutting_down", "Stopped by the portal's shutdown."
-        else:
-            call.client_disconnected = True
+        if call.client_disconnected:  # marked by the ASGI layer before it cancelled the request
             call.error_code = "client_disconnected"
+        else:  # a restart's graceful time ran out, the client was there
+            call.error_code, call.error_message = "server_shutting_down", "Stopped by the portal's shutdown."
         raise
     finally:
         try:
