@@ -183,36 +183,50 @@ async def _admit_one(
     return refusal or beyond_reach
 
 
-async def candidates(plan: Plan, body: dict[str, Any], call: Call, *, key_counted: bool = False
-                     ) -> AsyncIterator[Route]:
-    """Yield admitted deployments in order; raise the 429 when none has room (after waiting, if allowed)."""
-    ordered = plan.ordered()
-    tokens = quota.estimate_tokens(body)
-    plimits = () if key_counted else quota.key_limits(call.principal, call.model)
-    parts = quota.estimate_parts(body) if any(limit.unit == "usd" for limit in plimits) else None
-    max_wait = max((r.max_wait_seconds for r in plan.routes), default=0.0)
-    deadline = clock.now() + max_wait
-    tried: set[int] = set()
-    gate = _gates.setdefault(call.model, asyncio.Lock())
-    # Requests already queued for a slot go first: a newcomer does not overtake them.
-    result = None if (max_wait > 0 and gate.locked()) else await _admit_one(ordered, tried, plimits, tokens, call,
-                                                                            parts)
-    while True:
-        if isinstance(result, tuple):
-            route, admission = result
-            tried.add(route.id)
-            call.admissions.append(admission)
-            plimits = ()  # the key's quota is counted once per request, not per attempt
-            yield route
-            result = await _admit_one(ordered, tried, plimits, tokens, call)
-            continue
-        if tried:
-            return  # every admitted deployment failed; the caller raises the last upstream error
-        if result is not None and result.beyond_reach:
-            raise quota.beyond_reach_error(result, call.model, body)  # a 400: waiting would never help
-        if result is not None and clock.now() + result.retry_after > deadline:
-            raise quota_error(result, call.model)
-        result = await _wait_for_slot(gate, ordered, plimits, tokens, call, deadline, parts)
+class Candidates:
+    """Admitted deployments in order, one per `next()` (None when every admitted one was tried); raises the 429
+    when none has room (after waiting, if allowed).
+
+    A class rather than an async generator: a generator left suspended when its first deployment answers (nearly
+    every request) is closed by a task the event loop creates for it, one more task per request.
+    """
+
+    __slots__ = ("body", "call", "deadline", "gate", "ordered", "parts", "plimits", "started", "tokens", "tried")
+
+    def __init__(self, plan: Plan, body: dict[str, Any], call: Call, *, key_counted: bool = False) -> None:
+        self.ordered = plan.ordered()
+        self.body, self.call = body, call
+        self.tokens = quota.estimate_tokens(body)
+        self.plimits = () if key_counted else quota.key_limits(call.principal, call.model)
+        self.parts = quota.estimate_parts(body) if any(limit.unit == "usd" for limit in self.plimits) else None
+        max_wait = max((r.max_wait_seconds for r in plan.routes), default=0.0)
+        self.deadline = clock.now() + max_wait
+        self.tried: set[int] = set()
+        self.gate = _gates.setdefault(call.model, asyncio.Lock())
+        # Requests already queued for a slot go first: a newcomer does not overtake them.
+        self.started = not (max_wait > 0 and self.gate.locked())
+
+    async def next(self) -> Route | None:
+        call = self.call
+        if self.started:
+            result = await _admit_one(self.ordered, self.tried, self.plimits, self.tokens, call, self.parts)
+        else:
+            self.started, result = True, None
+        while True:
+            if isinstance(result, tuple):
+                route, admission = result
+                self.tried.add(route.id)
+                call.admissions.append(admission)
+                self.plimits = ()  # the key's quota is counted once per request, not per attempt
+                return route
+            if self.tried:
+                return None  # every admitted deployment failed; the caller raises the last upstream error
+            if result is not None and result.beyond_reach:
+                raise quota.beyond_reach_error(result, call.model, self.body)  # a 400: waiting would never help
+            if result is not None and clock.now() + result.retry_after > self.deadline:
+                raise quota_error(result, call.model)
+            result = await _wait_for_slot(self.gate, self.ordered, self.plimits, self.tokens, call, self.deadline,
+                                          self.parts)
 
 
 async def _wait_for_slot(
@@ -325,7 +339,8 @@ async def _in_order(plan: Plan, body: dict[str, Any], call: Call, once: Callable
     """Try admitted deployments in order, each up to its retries; a retryable failure moves on, a client error
     stops."""
     error: UpstreamError | None = None
-    async for route in candidates(plan, body, call, key_counted=key_counted):
+    routes = Candidates(plan, body, call, key_counted=key_counted)
+    while (route := await routes.next()) is not None:
         attempt = 0
         while True:
             call.route, call.attempts = route, call.attempts + 1

@@ -32,7 +32,7 @@ from django.conf import settings  # noqa: E402
 from django.core.exceptions import RequestAborted  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
-from django.urls import get_resolver  # noqa: E402
+from django.urls import ResolverMatch, get_resolver  # noqa: E402
 from django.utils.log import log_response  # noqa: E402
 
 from gateway import quota  # noqa: E402
@@ -44,6 +44,7 @@ from portal.lean import ON_LOST, CappedReceive, declared_length, gateway_prefixe
 from tracking import recorder  # noqa: E402
 
 GATEWAY_URLCONF = "portal.gateway_urls"
+MATCHES_KEPT = 256
 
 
 class GatewayHandler(ASGIHandler):
@@ -66,6 +67,7 @@ class GatewayHandler(ASGIHandler):
         # An unknown path (Resolver404) becomes the site's 404 handler's answer, as in Django's own chain.
         self._view_chain = cast(Callable[[Any], Awaitable[Any]], convert_exception_to_response(self._call_view))
         self._resolver = get_resolver(GATEWAY_URLCONF)
+        self._matches: dict[str, ResolverMatch] = {}
 
     async def get_response_async(self, request: Any) -> Any:
         response = await self._view_chain(request)
@@ -74,7 +76,13 @@ class GatewayHandler(ASGIHandler):
         return response
 
     async def _call_view(self, request: Any) -> Any:
-        match = self._resolver.resolve(request.path_info)
+        # Apps call a handful of paths: each is resolved once (a path that resolves nowhere raises, uncached).
+        match = self._matches.get(request.path_info)
+        if match is None:
+            match = self._resolver.resolve(request.path_info)
+            if len(self._matches) >= MATCHES_KEPT:  # paths with ids in them must not grow it without bound
+                self._matches.clear()
+            self._matches[request.path_info] = match
         request.resolver_match = match
         return await match.func(request, *match.args, **match.kwargs)
 

@@ -8,8 +8,8 @@ there skips the admin's middleware without a second list to keep in step.
 from __future__ import annotations
 
 import functools
+import random
 import re
-import uuid
 from typing import Any
 
 import orjson
@@ -54,7 +54,8 @@ ON_LOST = "portal.on_lost"
 
 
 def new_request_id() -> bytes:
-    return uuid.uuid4().hex.encode()
+    """32 random hex digits, like a uuid4's hex (and the gateway views' own ids, gateway.api.pipeline)."""
+    return f"{random.getrandbits(128):032x}".encode()
 
 
 def declared_length(scope: dict[str, Any]) -> int | None:
