@@ -47,3 +47,33 @@ def test_a_record_the_database_refuses_is_dropped_and_the_rest_are_written() -> 
     write(a_call("req-ok-1"), a_call("req-too-big", prompt_tokens=2**40), a_call("req-ok-2"))
     assert sorted(UsageRecord.objects.values_list("request_id", flat=True)) == ["req-ok-1", "req-ok-2"]
     assert time.monotonic() - started < 10
+
+
+def test_a_flush_writes_what_was_recorded_before_it_and_ends_while_calls_keep_coming() -> None:
+    """Under steady traffic the writer must not chase every call that arrives during its write: it would write
+    a handful of records per transaction and never rest. The calls that came meanwhile wait for the next flush."""
+    import threading
+
+    for n in range(3):
+        recorder.recorder.pending.append(a_call(f"req-before-{n}"))
+    stop = threading.Event()
+
+    def keep_calling() -> None:
+        n = 0
+        while not stop.is_set() and n < 100_000:
+            recorder.recorder.pending.append(a_call(f"req-during-{n}"))
+            n += 1
+            time.sleep(0.0005)
+
+    caller = threading.Thread(target=keep_calling)
+    caller.start()
+    try:
+        written = recorder.flush()  # the three, and what the caller added before the flush began (a few at most)
+    finally:
+        stop.set()
+        caller.join()
+    assert 3 <= written <= 20
+    ids = set(UsageRecord.objects.values_list("request_id", flat=True))
+    assert len(ids) == written and {f"req-before-{n}" for n in range(3)} <= ids
+    assert recorder.recorder.pending  # the calls that came during the write wait for the next flush
+    recorder.recorder.pending.clear()

@@ -106,11 +106,15 @@ class Recorder:
         """Write every call recorded so far; returns how many. Safe to call from any thread."""
         written, failed = 0, True
         with self.write_lock:
+            # What was recorded before this call, not what arrives while it writes: under steady traffic a
+            # drain-until-empty loop never ends, and writes a handful of records per transaction.
+            left = len(self.pending)
             try:
-                while self.pending:
+                while left > 0 and self.pending:
                     batch: list[UsageEvent] = []
-                    while self.pending and len(batch) < settings.USAGE_FLUSH_BATCH:
+                    while self.pending and len(batch) < min(left, settings.USAGE_FLUSH_BATCH):
                         batch.append(self.pending.popleft())
+                    left -= len(batch)
                     try:
                         self._write(batch)
                     except BaseException:
