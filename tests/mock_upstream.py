@@ -15,7 +15,8 @@ Standalone (benchmarks)::
 
     python -m tests.mock_upstream --port 9100 --chunk-delay 0.005 --chunks 20
 
-``chunk_delay`` (``--chunk-delay``) paces a stream's generated events: the role chunk, the content (and tool call)
+``chunk_delay`` (``--chunk-delay``) paces a stream's generated events on a schedule (event i at i x chunk_delay after the
+first, however long this process takes to write them): the role chunk, the content (and tool call)
 chunks and the finish chunk. The usage chunk and ``[DONE]`` follow the finish chunk at once, as OpenAI's do, so
 a client that asks for usage (the portal always does) waits no longer than one that does not.
 """
@@ -894,12 +895,19 @@ class MockUpstream:
                 _response_head(200, "text/event-stream", behaviour.headers, keep_alive, length=None, chunked=chunked)
             )
             paced = len(events)
+            # Paced on a schedule (event i at the first one's time + i x chunk_delay), as a model generates tokens
+            # at its own rate: sleeping chunk_delay after each write would add this process's own delays to every
+            # gap, and they grow when the machine is busy (e.g. with the portal in between), which a benchmark
+            # would count as the portal's overhead.
+            first_at = time.monotonic()
             for index, event in enumerate([*events, *tail]):
                 if cut_after is not None and index >= cut_after:
                     # Simulated upstream crash: the socket closes without the terminating zero-length chunk.
                     writer.close()
                     return False
-                if 0 < index < paced and behaviour.chunk_delay > 0 and await conn.sleep(behaviour.chunk_delay):
+                if 0 < index < paced and behaviour.chunk_delay > 0 and await conn.sleep(
+                    max(0.0, first_at + index * behaviour.chunk_delay - time.monotonic())
+                ):
                     return self._note_disconnect()
                 if conn.client_gone:
                     return self._note_disconnect()
