@@ -15,8 +15,8 @@ Standalone (benchmarks)::
 
     python -m tests.mock_upstream --port 9100 --chunk-delay 0.005 --chunks 20
 
-``chunk_delay`` (``--chunk-delay``) paces a stream's generated events on a schedule (event i at i x chunk_delay after the
-first, however long this process takes to write them): the role chunk, the content (and tool call)
+``chunk_delay`` (``--chunk-delay``) paces a stream's generated events on a schedule (event i at i x chunk_delay
+after the first, however long this process takes to write them): the role chunk, the content (and tool call)
 chunks and the finish chunk. The usage chunk and ``[DONE]`` follow the finish chunk at once, as OpenAI's do, so
 a client that asks for usage (the portal always does) waits no longer than one that does not.
 """
