@@ -56,8 +56,9 @@ class GatewayHandler(ASGIHandler):
     every 4xx written from a thread (a burst of 429s would queue a thread hop each; every call has its usage
     record, and 5xx answers are logged here, without the hop). Paths resolve against the gateway's routes alone
     (portal/gateway_urls.py), not the whole site's. Gateway views do their rare database work through
-    gateway.db, which manages its own connections. Request parsing, views, error pages and cancelling the view
-    when the client disconnects are Django's own code.
+    gateway.db, which manages its own connections. Request parsing, views and error pages are Django's own code.
+    A client that disconnects cancels its request in the request's own task, told by the worker's protocol
+    (see `_serve`); under a server that does not tell, Django's listener task does it.
     """
 
     def load_middleware(self, is_async: bool = False) -> None:
