@@ -77,3 +77,17 @@ def test_a_flush_writes_what_was_recorded_before_it_and_ends_while_calls_keep_co
     assert len(ids) == written and {f"req-before-{n}" for n in range(3)} <= ids
     assert recorder.recorder.pending  # the calls that came during the write wait for the next flush
     recorder.recorder.pending.clear()
+
+
+def test_a_record_built_for_the_writer_is_the_one_the_models_constructor_builds() -> None:
+    import datetime as dt
+
+    values = {"request_id": "req-same", "created": dt.datetime.now(dt.UTC), "endpoint": "chat.completions",
+              "key_id": 7, "status": 200, "ok": True, "prompt_tokens": 3}
+    fast, plain = UsageRecord.unsaved(**values), UsageRecord(**values)
+    fields = [f.attname for f in UsageRecord._meta.concrete_fields]
+    assert [getattr(fast, name) for name in fields] == [getattr(plain, name) for name in fields]
+    assert fast.tags == {} and fast.tags is not UsageRecord.unsaved(**values).tags  # its own dict, as a default
+    assert fast._state.adding and fast._state.db is None
+    fast.save()
+    assert UsageRecord.objects.get(request_id="req-same").prompt_tokens == 3

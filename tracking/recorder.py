@@ -242,7 +242,7 @@ def build_record(event: UsageEvent, rules: list[BodyLoggingRule], prices: dict[i
     started = event.started_at
     latency = event.latency_ms
     disconnected = event.client_disconnected
-    record = UsageRecord(
+    record = UsageRecord.unsaved(
         request_id=event.request_id,
         created=dt.datetime.fromtimestamp(started, dt.UTC),
         ended=dt.datetime.fromtimestamp(started + latency / 1000, dt.UTC) if latency is not None else None,
