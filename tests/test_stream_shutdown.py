@@ -31,14 +31,15 @@ def scope_for(path: str) -> dict[str, Any]:
             "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000)}
 
 
-async def cut_by_shutdown(path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """Start a stream, let two deltas through, then cancel the request as the server does at the end of its
-    graceful shutdown time; the ASGI messages sent."""
+async def stream_then(path: str, body: dict[str, Any], end: str) -> list[dict[str, Any]]:
+    """Start a stream and let two deltas through; then, with `end="cut"`, cancel the request as the server does
+    at the end of its graceful shutdown time, or with `end="leave"`, have the client disconnect (as uvicorn alone
+    reports it: through `receive()`). The ASGI messages sent."""
     from portal.asgi import application
 
     sent: list[dict[str, Any]] = []
     streaming = asyncio.Event()
-    client_stays = asyncio.Event()  # never set: the client is there to the end
+    leaves = streaming if end == "leave" else asyncio.Event()  # never set when cut: the client stays to the end
     asked = False
 
     async def receive() -> dict[str, Any]:
@@ -46,7 +47,7 @@ async def cut_by_shutdown(path: str, body: dict[str, Any]) -> list[dict[str, Any
         if not asked:
             asked = True
             return {"type": "http.request", "body": orjson.dumps(body), "more_body": False}
-        await client_stays.wait()
+        await leaves.wait()
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
@@ -57,11 +58,16 @@ async def cut_by_shutdown(path: str, body: dict[str, Any]) -> list[dict[str, Any
     request = asyncio.create_task(application(scope_for(path), receive, send))
     try:
         await asyncio.wait_for(streaming.wait(), 20)
-        request.cancel()
+        if end == "cut":
+            request.cancel()
         await asyncio.wait_for(request, 20)  # answered, not re-raised: uvicorn moves on to the shutdown
     finally:
         await passthrough.instance.aclose()  # this loop's pooled connections end with it, as at a shutdown
     return sent
+
+
+async def cut_by_shutdown(path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    return await stream_then(path, body, "cut")
 
 
 def last_event(sent: list[dict[str, Any]]) -> bytes:
@@ -116,34 +122,8 @@ def test_under_a_server_that_does_not_report_lost_connections_a_client_that_leav
 ):
     """uvicorn alone (not the portal's worker) only says a client left through `receive()`: the portal listens
     for it then, and the stream is recorded as left by its client, not cut by a shutdown."""
-    from portal.asgi import application
-
-    async def leave_mid_stream() -> list[dict[str, Any]]:
-        sent: list[dict[str, Any]] = []
-        streaming = asyncio.Event()
-        asked = False
-
-        async def receive() -> dict[str, Any]:
-            nonlocal asked
-            if not asked:
-                asked = True
-                return {"type": "http.request", "body": orjson.dumps(
-                    {"model": "slow-model", "messages": HELLO, "stream": True}), "more_body": False}
-            await streaming.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict[str, Any]) -> None:
-            sent.append(message)
-            if sum(b"delta" in m.get("body", b"") for m in sent) >= 2:
-                streaming.set()
-
-        try:
-            await asyncio.wait_for(application(scope_for("/v1/chat/completions"), receive, send), 20)
-        finally:
-            await passthrough.instance.aclose()
-        return sent
-
-    sent = asyncio.run(leave_mid_stream())
+    sent = asyncio.run(stream_then("/v1/chat/completions", {"model": "slow-model", "messages": HELLO,
+                                                             "stream": True}, "leave"))
 
     assert sent[0]["status"] == 200
     assert b"[DONE]" not in last_event(sent) and b"error" not in last_event(sent)

@@ -119,6 +119,9 @@ class Call:
         return (self.prompt_tokens or 0) + (self.completion_tokens or 0)
 
 
+SHUTDOWN_MESSAGE = "Stopped by the portal's shutdown."
+
+
 def mark_client_left(request: HttpRequest) -> None:
     """The client went away: the cancellation that follows is its doing. Any other cancellation of a request is
     the server's (the end of a restart's graceful time), and its record says so."""
@@ -132,7 +135,7 @@ def cancelled(request: HttpRequest) -> None:
     if getattr(request, "client_left", False):
         finish_unfinished(request, 499, "client_disconnected")
     else:
-        finish_unfinished(request, 503, "server_shutting_down", "Stopped by the portal's shutdown.")
+        finish_unfinished(request, 503, "server_shutting_down", SHUTDOWN_MESSAGE)
 
 
 def finish_unfinished(request: HttpRequest, status: int, code: str | None, message: str = "") -> None:

@@ -18,7 +18,7 @@ import orjson
 from django.conf import settings
 from django.http import StreamingHttpResponse
 
-from gateway.api.calls import Call, finish
+from gateway.api.calls import SHUTDOWN_MESSAGE, Call, finish
 from gateway.errors import GatewayError
 from gateway.upstreams import UpstreamError, too_large
 
@@ -125,7 +125,7 @@ async def relay(
         if call.client_disconnected:  # marked by the ASGI layer before it cancelled the request
             call.error_code = "client_disconnected"
         else:  # a restart's graceful time ran out, the client was there
-            call.error_code, call.error_message = "server_shutting_down", "Stopped by the portal's shutdown."
+            call.error_code, call.error_message = "server_shutting_down", SHUTDOWN_MESSAGE
         raise
     finally:
         try:
