@@ -344,7 +344,7 @@ class UserBudgetSerializer(serializers.Serializer):
 
 
 @extend_schema(tags=["users"])
-class UserUsageViewSet(mixins.ListModelMixin, OperatorViewSet):
+class UserUsageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, OperatorViewSet):
     """Users with their key counts, when a key of theirs was last used, and their budget."""
 
     serializer_class = UserUsageSerializer
@@ -364,6 +364,10 @@ class UserUsageViewSet(mixins.ListModelMixin, OperatorViewSet):
         page = self.paginate_queryset(self.get_queryset()) or []
         return self.get_paginated_response(self._rows(page).data)
 
+    def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """One user, as a row of the list: keys, last use, today's use and their budget with what is left."""
+        return Response(self._rows([self.get_object()]).data[0])
+
     @extend_schema(request=UserBudgetSerializer, responses={200: UserUsageSerializer})
     def partial_update(self, request: Request, pk: str) -> Response:
         """Set or clear the user's budget (`max_budget`, `budget_duration`), shared by all their keys; fields
@@ -372,7 +376,7 @@ class UserUsageViewSet(mixins.ListModelMixin, OperatorViewSet):
         form = UserBudgetSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         form.save_to(user)
-        return Response(self._rows([self.get_queryset().get(pk=user.pk)]).data[0])
+        return self.retrieve(request, pk=pk)
 
     def _rows(self, users: Sequence[Any]) -> Any:
         # A few queries for the whole page, rather than has_perm() and a usage query per user.

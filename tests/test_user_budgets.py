@@ -236,6 +236,20 @@ def test_the_management_api_sets_and_clears_a_users_budget(personas, master):
     assert principal is not None and principal.user_budget is None
 
 
+def test_the_management_api_reads_one_user_as_the_list_shows_them(personas, master):
+    issue(personas.alice, "laptop")
+    patch(master, personas.alice, {"max_budget": 2, "budget_duration": "1d"})
+    one = master.get(f"/api/users/{personas.alice.pk}/")
+    assert one.status_code == 200, one.content
+    listed = {u["username"]: u for u in master.get("/api/users/").json()["results"]}
+    assert one.json() == listed["alice"]
+    assert (one.json()["keys"], one.json()["max_budget"], one.json()["budget_remaining"]) == (1, 2.0, 2.0)
+    assert master.get("/api/users/999999/").status_code == 404
+    alice = Client()
+    alice.force_login(personas.alice)
+    assert alice.get(f"/api/users/{personas.alice.pk}/").status_code == 403
+
+
 @pytest.mark.parametrize("duration", ["7d", "weekly", ""])
 def test_the_management_api_refuses_a_bad_budget_duration_naming_the_accepted_ones(personas, master, duration):
     response = patch(master, personas.alice, {"max_budget": 5, "budget_duration": duration})
