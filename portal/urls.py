@@ -1,7 +1,6 @@
 from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
-from django.views.static import serve
 
 from accounts.views import admin_login
 from gateway.board_api import QuotaBoardView
@@ -21,7 +20,7 @@ urlpatterns = [
 ]
 
 if settings.SERVE_STATIC:
-    urlpatterns.append(re_path(r"^static/(?P<path>.*)$", serve, {"document_root": settings.STATIC_ROOT}))
+    urlpatterns.append(re_path(r"^static/(?P<path>.*)$", views.static))
 
 handler400 = "portal.errors.bad_request"
 handler404 = "portal.errors.not_found"
