@@ -3,8 +3,11 @@ when no Nginx serves it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import cast
+
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import FileResponse, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.urls import reverse
@@ -27,10 +30,10 @@ def static(request: HttpRequest, path: str) -> HttpResponseBase:
     read a hop to a thread, and warns on every file. The admin's files are a few hundred KB at most, read here
     in the view's own thread."""
     response = django_static.serve(request, path, document_root=settings.STATIC_ROOT)
-    if not response.streaming:
+    if not isinstance(response, FileResponse):
         return response  # a 304
     try:
-        whole = HttpResponse(b"".join(response.streaming_content))  # type: ignore[attr-defined]
+        whole = HttpResponse(b"".join(cast(Iterator[bytes], response.streaming_content)))
     finally:
         response.close()
     for name, value in response.items():
