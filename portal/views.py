@@ -29,7 +29,7 @@ def static(request: HttpRequest, path: str) -> HttpResponseBase:
     whole. `serve` answers with a FileResponse, a sync iterator: under ASGI Django reads it chunk by chunk, each
     read a hop to a thread, and warns on every file. The admin's files are a few hundred KB at most, read here
     in the view's own thread."""
-    response = django_static.serve(request, path, document_root=settings.STATIC_ROOT)
+    response = django_static.serve(request, path, document_root=str(settings.STATIC_ROOT))
     if not isinstance(response, FileResponse):
         return response  # a 304
     try:
