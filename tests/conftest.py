@@ -146,6 +146,21 @@ def live_portal(django_db_setup: Any, django_db_blocker: Any) -> Iterator[LiveSe
     server = LiveServer().start()
     yield server
     server.stop()
+    with django_db_blocker.unblock():
+        end_other_sessions()
+
+
+def end_other_sessions() -> None:
+    """End the test database's other PostgreSQL sessions: those of this process's background threads (the usage
+    writer's, the server's), which are kept open for the process's life and would otherwise make the test
+    database's teardown fail ("being accessed by other users") and leave it behind."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE datname = current_database() AND pid <> pg_backend_pid()")
 
 
 @pytest.fixture(autouse=True)
