@@ -1,5 +1,5 @@
-"""The portal's own pages: the landing page at /, the seed's /ui address sent to the admin login, and /static/
-when no Nginx serves it."""
+"""The portal's own pages: the landing page at /, the seed's /ui address sent to the admin login, and the
+console's static files (with SERVE_STATIC, the default)."""
 
 from __future__ import annotations
 
