@@ -37,6 +37,7 @@ def static(request: HttpRequest, path: str) -> HttpResponseBase:
     finally:
         response.close()
     for name, value in response.items():
+        # The length is the body's, as CommonMiddleware sets it: not the size stat() saw before the read.
         if name.lower() != "content-length":
             whole[name] = value
     return whole
